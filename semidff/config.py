@@ -1,0 +1,245 @@
+"""The one configuration schema: typed, validated, loaded from YAML plus dotted overrides.
+
+    cfg = load_config("jobs/configs/tiny.yaml", ["model.backbone.depth=50", "video.key_interval=5"])
+
+Every section forbids unknown keys, so a typo fails before any compute is spent, and every
+error names the dotted key, the value given and what is allowed. Values in overrides are parsed
+as YAML scalars/lists (``true``, ``1e-4``, ``[0.5, 1, 2]``), never evaluated as code.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message says which key and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BackboneConfig(_Section):
+    depth: Literal[18, 34, 50, 101] = 101
+    width_multiplier: float = Field(1.0, gt=0.0, le=4.0, description="scales every ResNet stage's channels; <1 for tiny CPU models")
+    frozen_batchnorm: bool = True
+    frozen_stages: int = Field(1, ge=0, le=5, description="0: none, 1: conv1, 2: +layer1, ... (DFF freezes conv1 and res2)")
+    stride_in_1x1: bool = Field(True, description="ResNet v1 (Caffe/MSRA, as DFF) puts the stride on the 1x1 conv")
+    pretrained: Optional[str] = Field(None, description="local torchvision-format ResNet state_dict (.pth); nothing is downloaded")
+
+
+class RPNConfig(_Section):
+    anchor_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0], min_length=1)
+    anchor_scales: list[float] = Field(default_factory=lambda: [8.0, 16.0, 32.0], min_length=1)
+    pre_nms_top_n: int = Field(6000, ge=1)
+    post_nms_top_n: int = Field(300, ge=1)
+    nms_threshold: float = Field(0.7, gt=0.0, le=1.0)
+
+
+class RFCNHeadConfig(_Section):
+    group_size: int = Field(7, ge=1, le=15, description="k of the k x k position-sensitive grid")
+    test_score_threshold: float = Field(1e-4, ge=0.0, lt=1.0)
+    test_nms_threshold: float = Field(0.3, gt=0.0, le=1.0)
+    max_detections: int = Field(300, ge=1)
+
+
+class FlowNetConfig(_Section):
+    width_multiplier: float = Field(1.0, gt=0.0, le=4.0)
+    init_std: float = Field(0.02, gt=0.0, le=1.0, description="N(0, std) init of the flow network (paper §3.5)")
+
+
+class ModelConfig(_Section):
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
+    feature_channels: int = Field(1024, ge=2, description="channels of the dilated 3x3 conv output; even (half RPN, half R-FCN)")
+    num_classes: int = Field(30, ge=1, description="foreground classes (ImageNet VID: 30)")
+    rpn: RPNConfig = Field(default_factory=RPNConfig)
+    rfcn: RFCNHeadConfig = Field(default_factory=RFCNHeadConfig)
+    flownet: FlowNetConfig = Field(default_factory=FlowNetConfig)
+    predictor: Literal["flow", "residual"] = Field(
+        "flow", description="flow: FlowNetS + scale field (Eq. 1); residual: the generative ablation of Table 3a"
+    )
+
+    @model_validator(mode="after")
+    def _even_feature_channels(self) -> "ModelConfig":
+        if self.feature_channels % 2:
+            raise ValueError(
+                f"model.feature_channels={self.feature_channels} must be even: the first half feeds the RPN, the second the R-FCN heads"
+            )
+        return self
+
+
+class PreprocessConfig(_Section):
+    short_side: int = Field(600, ge=32, le=4096, description="frames are resized so the short side has this length ...")
+    max_long_side: int = Field(1000, ge=32, le=8192, description="... unless the long side would exceed this")
+
+    @model_validator(mode="after")
+    def _consistent_sides(self) -> "PreprocessConfig":
+        if self.max_long_side < self.short_side:
+            raise ValueError(
+                f"preprocess.max_long_side={self.max_long_side} must be >= preprocess.short_side={self.short_side}"
+            )
+        return self
+
+
+class SupervisedLossConfig(_Section):
+    rpn_batch_size: int = Field(256, ge=1)
+    ohem: bool = True
+    ohem_rois: int = Field(128, ge=1)
+
+
+class RegressionLossConfig(_Section):
+    kind: Literal["l2", "l1", "steady"] = Field("l2", description="Eq. 4 L2 (default), L1, or the steady-feature triplet loss (Table 3b)")
+
+
+class SemanticLossConfig(_Section):
+    temperature: float = Field(1.0, gt=0.0, le=100.0, description="T of Eq. 7; the KD terms are scaled by T^2")
+    box_weight: float = Field(1.0, ge=0.0, description="lambda of Eq. 6")
+    class_knowledge: bool = Field(True, description="R-FCN class KD: inter-class relationship (Table 3c)")
+    attention_knowledge: bool = Field(True, description="RPN objectness KD: attention maps (Table 3c)")
+    box_knowledge: bool = Field(True, description="RPN and R-FCN box L2: box locations (Table 3c)")
+
+    @model_validator(mode="after")
+    def _some_knowledge(self) -> "SemanticLossConfig":
+        if not (self.class_knowledge or self.attention_knowledge or self.box_knowledge):
+            raise ValueError("loss.semantic: class_knowledge, attention_knowledge and box_knowledge are all false; enable at least one")
+        return self
+
+
+class LossConfig(_Section):
+    supervised: SupervisedLossConfig = Field(default_factory=SupervisedLossConfig)
+    regression: RegressionLossConfig = Field(default_factory=RegressionLossConfig)
+    semantic: SemanticLossConfig = Field(default_factory=SemanticLossConfig)
+
+
+class VideoConfig(_Section):
+    key_interval: int = Field(10, ge=1, le=1000, description="Delta T: a key frame every this many frames (paper default 10)")
+    mode: Literal["frame", "copy", "flow"] = Field(
+        "flow", description="frame: detector on every frame; copy: reuse key-frame detections; flow: semi-DFF"
+    )
+
+
+class Config(_Section):
+    """The whole resolved configuration of a semidff run."""
+
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    video: VideoConfig = Field(default_factory=VideoConfig)
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML, in the same shape :func:`load_config` reads."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _all_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(_all_keys(annotation, dotted + "."))
+        else:
+            keys.append(dotted)
+    return keys
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, _all_keys(Config), n=3, cutoff=0.6)
+    return f" Did you mean: {', '.join(close)}?" if close else " Run `semidff config show` to list every key."
+
+
+def _allowed_range(loc: tuple) -> str:
+    """' (allowed: lo <= x <= hi)' for a numeric field with bounds, else ''."""
+    model: Any = Config
+    field = None
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return ""
+        field = model.model_fields[part]
+        model = field.annotation
+    lower = upper = ""
+    for bound in field.metadata if field else ():
+        for name, symbol in (("ge", "<="), ("gt", "<")):
+            if getattr(bound, name, None) is not None:
+                lower = f"{getattr(bound, name)} {symbol} "
+        for name, symbol in (("le", "<="), ("lt", "<")):
+            if getattr(bound, name, None) is not None:
+                upper = f" {symbol} {getattr(bound, name)}"
+    return f" (allowed: {lower}{loc[-1]}{upper})" if lower or upper else ""
+
+
+def _describe_errors(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key.{_suggest(key)}")
+            continue
+        given = item.get("input")
+        shown = "" if isinstance(given, dict) else f"={given!r}"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  {key or '<top level>'}{shown}: {message}{_allowed_range(item['loc'])}")
+    return f"invalid configuration ({source}):\n" + "\n".join(lines)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form key=value (e.g. model.backbone.depth=50)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc})") from exc
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set each dotted ``key=value`` in a nested dict (a copy); missing sections are created."""
+    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or the embedded defaults when ``path`` is None) and apply overrides.
+
+    Raises ConfigError naming every invalid key with its allowed values.
+    """
+    data: dict = {}
+    source = "embedded defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (shipped examples are in jobs/configs/)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+        source = str(path)
+    if overrides:
+        data = apply_overrides(data, list(overrides))
+        source += " + overrides"
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe_errors(exc, source)) from None
