@@ -28,7 +28,7 @@ class BackboneConfig(_Section):
     depth: Literal[18, 34, 50, 101] = 101
     width_multiplier: float = Field(1.0, gt=0.0, le=4.0, description="scales every ResNet stage's channels; <1 for tiny CPU models")
     frozen_batchnorm: bool = True
-    frozen_stages: int = Field(1, ge=0, le=5, description="0: none, 1: conv1, 2: +layer1, ... (DFF freezes conv1 and res2)")
+    frozen_stages: int = Field(2, ge=0, le=5, description="0: none, 1: conv1, 2: +layer1 (res2), ...; DFF freezes conv1 and res2")
     stride_in_1x1: bool = Field(True, description="ResNet v1 (Caffe/MSRA, as DFF) puts the stride on the 1x1 conv")
     pretrained: Optional[str] = Field(None, description="local torchvision-format ResNet state_dict (.pth); nothing is downloaded")
 

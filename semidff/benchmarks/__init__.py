@@ -1,0 +1,1 @@
+"""Benchmark scripts run by ``semidff benchmark ...``; their output goes to BENCHMARKS.md."""
