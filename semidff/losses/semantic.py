@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from semidff.losses.kd import kd_loss
-from semidff.losses.rpn_layout import rpn_logits_per_anchor
+from semidff.ops.rpn_layout import rpn_logits_per_anchor
 
 if TYPE_CHECKING:  # only for annotations: losses must not need the model code at run time
     from semidff.models.rfcn import RFCNOutput

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from semidff.losses.rpn_layout import rpn_deltas_per_anchor, rpn_logits_per_anchor
+from semidff.ops.rpn_layout import rpn_deltas_per_anchor, rpn_logits_per_anchor
 from semidff.ops.boxes import RFCN_DELTA_STDS, RPN_DELTA_STDS, box_iou, encode_boxes
 
 if TYPE_CHECKING:  # only for annotations: losses must not need the model code at run time

@@ -20,6 +20,7 @@ from semidff.ops.anchors import base_anchors, grid_anchors
 from semidff.ops.boxes import RFCN_DELTA_STDS, RPN_DELTA_STDS, box_widths_heights, clip_boxes, decode_boxes
 from semidff.ops.nms import batched_nms, nms
 from semidff.ops.psroi_pool import ps_roi_pool, ps_roi_vote
+from semidff.ops.rpn_layout import rpn_deltas_per_anchor, rpn_logits_per_anchor
 
 FEATURE_STRIDE = 16
 """Input pixels per feature-map cell (dff-facts §2.1)."""
@@ -123,10 +124,9 @@ class ProposalGenerator(nn.Module):
             )
         if anchors.shape[0] == 0:
             raise ValueError(f"rpn_cls_logits: empty feature map {h}x{w}, so there are no anchors to propose from")
-        # Softmax over the (background a, foreground A + a) pair of each anchor, then (h, w, a) order.
-        pairs = rpn_cls_logits.float().reshape(n, 2, num_anchors, h, w)
-        fg_prob = pairs.softmax(dim=1)[:, 1].permute(0, 2, 3, 1).reshape(n, -1)
-        deltas = rpn_deltas.float().reshape(n, num_anchors, 4, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, 4)
+        # Softmax over the (background a, foreground A + a) pair of each anchor, in (h, w, a) order.
+        fg_prob = rpn_logits_per_anchor(rpn_cls_logits.float()).softmax(dim=-1)[..., 1]
+        deltas = rpn_deltas_per_anchor(rpn_deltas.float())
         anchors = anchors.float()
         rois = []
         for image_index in range(n):

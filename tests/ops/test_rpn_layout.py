@@ -1,10 +1,10 @@
-"""Per-anchor views of the RPN maps (semidff/losses/rpn_layout.py): order (h, w, a), bg/fg pairing."""
+"""Per-anchor views of the RPN maps (semidff.ops.rpn_layout.py): order (h, w, a), bg/fg pairing."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from semidff.losses.rpn_layout import rpn_deltas_per_anchor, rpn_logits_per_anchor
+from semidff.ops.rpn_layout import rpn_deltas_per_anchor, rpn_logits_per_anchor
 
 
 def test_logits_pair_channel_a_with_a_plus_num_anchors_in_hwa_order():
