@@ -147,7 +147,7 @@ class ProposalGenerator(nn.Module):
                 boxes, scores = boxes[large_enough], scores[large_enough]
         top = scores.topk(min(self.pre_nms_top_n, scores.shape[0])).indices
         boxes, scores = boxes[top], scores[top]
-        keep = nms(boxes, scores, self.nms_threshold)[: self.post_nms_top_n]
+        keep = nms(boxes, scores, self.nms_threshold, max_kept=self.post_nms_top_n)
         if keep.shape[0] < self.post_nms_top_n:
             cycle = torch.arange(self.post_nms_top_n, device=keep.device) % keep.shape[0]
             keep = keep[cycle]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -10,23 +10,15 @@ import torch
 
 from semidff.losses.kd import kd_loss
 from semidff.losses.semantic import joint_loss, semantic_loss
+from tests.rfcn_records import rfcn_output
 
 
-@dataclass
-class HeadOutputs:
-    """Stand-in for RFCNOutput with just the fields the semantic loss reads."""
-
-    rpn_cls_logits: torch.Tensor
-    rpn_deltas: torch.Tensor
-    rois: torch.Tensor
-    cls_logits: torch.Tensor
-    box_deltas: torch.Tensor
 
 
 def _outputs(seed: int, n=2, anchors=3, h=4, w=5, rois=6, classes=4) -> HeadOutputs:
     g = torch.Generator().manual_seed(seed)
     boxes = torch.rand(rois, 4, generator=torch.Generator().manual_seed(99)) * 50
-    return HeadOutputs(
+    return rfcn_output(
         rpn_cls_logits=torch.randn(n, 2 * anchors, h, w, generator=g),
         rpn_deltas=torch.randn(n, 4 * anchors, h, w, generator=g),
         rois=torch.cat([torch.zeros(rois, 1), boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], dim=1),
@@ -97,7 +89,7 @@ def test_box_weight_scales_only_box_terms():
 
 def test_rpn_channels_pair_a_with_a_plus_num_anchors():
     # A = 2 anchors at one location; channels [bg0, bg1, fg0, fg1]; the student is 50/50 everywhere.
-    student = HeadOutputs(
+    student = rfcn_output(
         torch.zeros(1, 4, 1, 1), torch.zeros(1, 8, 1, 1), torch.zeros(0, 5), torch.zeros(0, 5), torch.zeros(0, 8)
     )
 

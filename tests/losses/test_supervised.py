@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -10,17 +9,9 @@ import torch.nn.functional as F
 
 from semidff.losses.supervised import label_anchors, rfcn_supervised_loss, sample_rois
 from semidff.ops.boxes import RFCN_DELTA_STDS, RPN_DELTA_STDS, decode_boxes
+from tests.rfcn_records import rfcn_output
 
 
-@dataclass
-class HeadOutputs:
-    """Stand-in for RFCNOutput with the fields the supervised loss reads."""
-
-    rpn_cls_logits: torch.Tensor
-    rpn_deltas: torch.Tensor
-    rois: torch.Tensor
-    cls_logits: torch.Tensor
-    box_deltas: torch.Tensor
 
 
 # --------------------------------------------------------------------------- label_anchors
@@ -168,7 +159,7 @@ def _outputs(num_images=1, rois_per_image=300, seed=0):
     g = torch.Generator().manual_seed(seed)
     num = FEAT_H * FEAT_W * NUM_ANCHORS
     rois = _random_rois(num_images, rois_per_image, seed + 1)
-    return HeadOutputs(
+    return rfcn_output(
         rpn_cls_logits=torch.randn(num_images, 2 * NUM_ANCHORS, FEAT_H, FEAT_W, generator=g),
         rpn_deltas=torch.randn(num_images, 4 * NUM_ANCHORS, FEAT_H, FEAT_W, generator=g),
         rois=rois,
@@ -271,7 +262,7 @@ def test_loss_decreases_as_predictions_move_toward_targets():
     ideal_rpn_logits[0, :, 1] = torch.where(anchor_labels == 1, 6.0, -6.0)
     ideal_box = output.box_deltas.clone()
     ideal_box[:, 4:8] = roi_targets
-    ideal = HeadOutputs(
+    ideal = rfcn_output(
         rpn_cls_logits=_to_logit_maps(ideal_rpn_logits),
         rpn_deltas=_to_delta_maps(anchor_targets[None]),
         rois=output.rois,
@@ -280,7 +271,7 @@ def test_loss_decreases_as_predictions_move_toward_targets():
     )
     totals = []
     for alpha in (0.0, 0.5, 1.0):
-        mixed = HeadOutputs(
+        mixed = rfcn_output(
             **{
                 name: (1 - alpha) * getattr(output, name) + alpha * getattr(ideal, name)
                 for name in ("rpn_cls_logits", "rpn_deltas", "cls_logits", "box_deltas")

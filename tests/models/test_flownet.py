@@ -12,13 +12,6 @@ from semidff.ops.warp import warp_features
 TINY = 1 / 16
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors run several times faster on one thread than on two contended ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _tiny_flownet(feature_channels: int = 8, seed: int = 0) -> FlowNetS:

@@ -9,13 +9,6 @@ from semidff.models.residual_predictor import ResidualFeaturePredictor
 TINY = 1 / 16
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors run several times faster on one thread than on two contended ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _images(height: int, width: int, batch: int = 1, seed: int = 0) -> torch.Tensor:

@@ -16,13 +16,6 @@ from semidff.models.resnet import (
 TINY = 0.125
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors run several times faster on one thread than on two contended ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _randomize_norms(model: nn.Module, seed: int = 0) -> None:

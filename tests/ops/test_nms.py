@@ -43,7 +43,26 @@ def test_nms_matches_reference_greedy(seed, threshold):
     boxes, scores = random_boxes(300, seed)
     expected = reference_greedy_nms(boxes, scores, threshold)
     assert nms(boxes, scores, threshold).tolist() == expected
-    assert nms_module._greedy_nms(boxes, scores, threshold).tolist() == expected
+    assert nms_module._greedy_nms(boxes, scores, threshold, None).tolist() == expected
+
+
+@pytest.mark.parametrize("block_size", [1, 7, 64])
+def test_nms_block_boundaries_do_not_change_the_result(monkeypatch, block_size):
+    # The pure path decides sorted boxes block by block; small blocks put many decisions across boundaries.
+    monkeypatch.setattr(nms_module, "_BLOCK_SIZE", block_size)
+    for seed, threshold in ((4, 0.3), (5, 0.7)):
+        boxes, scores = random_boxes(200, seed)
+        assert nms_module._greedy_nms(boxes, scores, threshold, None).tolist() == reference_greedy_nms(boxes, scores, threshold)
+
+
+@pytest.mark.parametrize("block_size", [7, 512])
+def test_nms_max_kept_is_the_prefix_of_the_full_result(monkeypatch, block_size):
+    monkeypatch.setattr(nms_module, "_BLOCK_SIZE", block_size)
+    boxes, scores = random_boxes(400, seed=6, spread=1000.0, max_side=60.0)
+    full = reference_greedy_nms(boxes, scores, 0.5)
+    assert len(full) > 40
+    assert nms(boxes, scores, 0.5, max_kept=40).tolist() == full[:40]
+    assert nms(boxes, scores, 0.5, max_kept=10_000).tolist() == full
 
 
 def test_nms_long_suppression_chain_matches_reference():
