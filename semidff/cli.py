@@ -69,6 +69,31 @@ def benchmark_detect(
         output.write_text(result.to_json())
 
 
+@app.command("manifest")
+def manifest(
+    inputs: List[str] = typer.Argument(
+        ..., help="video files, directories (recursive), globs ('raw/**/*.mp4'), .txt lists of paths/URIs, or file:// s3:// gs:// URIs"
+    ),
+    output: str = typer.Option(..., "--output", "-o", help="output directory or URI; manifest.parquet is written (and extended on rerun) there"),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of the local Ray started when no cluster is given (default: all)"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray)"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="probe again the videos recorded as failed"),
+    progress_every: int = typer.Option(100, min=1, help="print a progress line every this many probed videos"),
+) -> None:
+    """Probe every video once (frames, fps, size, duration) into manifest.parquet; bad files become rows, not crashes."""
+    from pipelines.manifest import ManifestError, build_manifest
+
+    try:
+        summary = build_manifest(
+            inputs, output, num_cpus=num_cpus, address=address, retry_failed=retry_failed,
+            progress_every=progress_every, progress=lambda line: typer.echo(line, err=True),
+        )
+    except ManifestError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(summary.format())
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="semidff")

@@ -1,0 +1,1 @@
+"""Video files: probing (``probe.py``) with decord, the project's reference decoder."""

@@ -1,0 +1,386 @@
+"""Probe one video file with decord: frames, rate, size and duration, or why it cannot be used.
+
+    info = probe_video("/data/clip.mp4")      # also "file:///data/clip.mp4", "s3://bucket/clip.mp4"
+    info.status, info.num_frames, info.fps, info.width, info.height, info.duration_s, info.error
+
+A bad file never raises: it comes back with ``status="error"``, a short ``reason`` (one of the
+``REASON_*`` constants, for grouping) and an ``error`` message that names the file and says what
+to do. What decord 0.6 does on broken input (measured on files made by ``tests/video_fixtures.py``),
+and so what the probe checks itself:
+
+* zero bytes, a text file, an MP4 cut before its index (moov at the end, the default when muxing):
+  the container does not open.
+* audio only: it opens, but there is no video stream (FFmpeg's AVERROR_STREAM_NOT_FOUND).
+* an MP4 with its index first ("faststart", as web video is) cut mid-stream: decord reads every
+  packet while opening and fails there ("av_read_frame failed"), unless the cut falls inside the
+  last packets: then it promises every frame of the index, the last one never decodes, and the
+  damaged packet's error can surface from *any* read (frame 0 failed in 5-40 % of tries), because
+  decord's decoder thread works ahead.
+* MKV, WebM or AVI cut mid-stream: decord indexes the packets that are there and reports fewer
+  frames; the last one may be a partial packet that decodes without an error into a damaged
+  picture (measured on MPEG-4 AVI). MPEG-TS cut mid-stream: fewer frames, all intact in our tests.
+* Matroska/WebM written live (no duration, "unknown size" elements): decord refuses to open it.
+
+So before decord, the probe compares the file size with what the container's own top-level size
+fields declare (:func:`declared_size`: MP4/MOV boxes, AVI RIFF chunks, Matroska/WebM elements): a
+file shorter than that is ``truncated``, whatever decord would make of it (formats without such
+fields, MPEG-TS and FLV, and live Matroska are not checked); no shorter prefix is
+salvaged, since decord cannot be trusted near the cut. Then it decodes the last frame first (which
+catches a count the frames do not back, e.g. a broken last packet) and the first. Damage in the
+middle of a complete file is not detected (that needs a full decode); the clip decoder has to
+treat a decode error as data too.
+
+The video id is the first 16 hex digits of the SHA-1 of the normalised URI (:func:`normalize_uri`):
+stable across reruns and machines that see the same paths, cheap for object stores (no read of the
+content), and 64 bits make a collision unlikely below ~10^8 videos. Moving the files changes it.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import stat
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+import pyarrow.fs as pafs
+
+REASON_MISSING = "missing file"
+REASON_READ_ERROR = "read error"
+REASON_EMPTY = "zero-byte file"
+REASON_CANNOT_OPEN = "cannot open"
+REASON_NO_VIDEO = "no video stream"
+REASON_UNDECODABLE = "undecodable video stream"
+REASON_DAMAGED = "damaged stream"
+REASON_NO_FRAMES = "no decodable frames"
+REASON_TRUNCATED = "truncated"  # shorter than its container's own size fields say
+REASON_CRASHED = "probe crashed"  # set by the pipeline when the probing process dies
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+
+def _ffmpeg_error_tag(a: int, b: str, c: str, d: str) -> int:
+    """FFmpeg's FFERRTAG: the negative error code decord prints in its check messages."""
+    return -(a | ord(b) << 8 | ord(c) << 16 | ord(d) << 24)
+
+
+_AVERROR_STREAM_NOT_FOUND = _ffmpeg_error_tag(0xF8, "S", "T", "R")
+_AVERROR_DECODER_NOT_FOUND = _ffmpeg_error_tag(0xF8, "D", "E", "C")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """One manifest row. Numbers are None when the file could not be read far enough to know them."""
+
+    video_id: str
+    uri: str
+    size_bytes: Optional[int]
+    num_frames: Optional[int]
+    fps: Optional[float]  # num_frames / duration_s: the mean rate, also for variable frame rate
+    width: Optional[int]
+    height: Optional[int]
+    duration_s: Optional[float]  # end of the last frame minus start of the first, from the container's timestamps
+    variable_frame_rate: Optional[bool]  # frame intervals differ by more than 10 %
+    status: str  # "ok": usable, its first and last frames decode; "error": unusable, see reason and error
+    reason: str = ""  # short category of the problem, one of the REASON_* constants ("" when ok)
+    error: str = ""  # the message naming the file and the fix ("" when ok)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    def to_row(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def failed(cls, video_id: str, uri: str, reason: str, message: str, size_bytes: Optional[int] = None) -> "VideoInfo":
+        """The row of an unusable file: only what is known, the rest None."""
+        return cls(video_id, uri, size_bytes, None, None, None, None, None, None, STATUS_ERROR, reason, message)
+
+
+class _Unusable(Exception):
+    """Internal: the file cannot be used, with the reason category and the message for the user."""
+
+    def __init__(self, reason: str, message: str, size_bytes: Optional[int] = None):
+        super().__init__(message)
+        self.reason, self.message, self.size_bytes = reason, message, size_bytes
+
+
+def normalize_uri(uri: str) -> str:
+    """Canonical form of a path or URI: local files (``file://`` URIs too) as absolute, normalised
+    paths without resolving symlinks; other URIs as given, with a lower-case scheme."""
+    uri = uri.strip()
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return os.path.normpath(os.path.abspath(os.path.expanduser(uri)))
+    if scheme.lower() == "file":
+        try:
+            _, path = pafs.FileSystem.from_uri(uri)  # also decodes %20 and friends
+        except Exception as exc:
+            raise ValueError(f"{uri}: not a valid file:// URI (expected file:///absolute/path): {exc}") from None
+        return os.path.normpath(path)
+    return f"{scheme.lower()}://{rest}"
+
+
+def video_id_for(uri: str) -> str:
+    """The stable id of a video: 16 hex digits of the SHA-1 of its normalised URI."""
+    return _stable_id(normalize_uri(uri))
+
+
+def _stable_id(canonical_uri: str) -> str:
+    return hashlib.sha1(canonical_uri.encode("utf-8")).hexdigest()[:16]
+
+
+def is_local(uri: str) -> bool:
+    """True for plain paths and file:// URIs."""
+    scheme, sep, _ = uri.partition("://")
+    return not sep or scheme.lower() == "file"
+
+
+def probe_video(uri: str, filesystem: Optional[pafs.FileSystem] = None) -> VideoInfo:
+    """Open ``uri`` once with decord and describe it; never raises for a bad file.
+
+    filesystem: a pyarrow filesystem to read ``uri`` from (its path in that filesystem, or a
+    ``scheme://`` URI whose scheme is dropped); ``uri`` is then recorded as given. Default: local
+    paths are read directly, other URIs through ``pyarrow.fs.FileSystem.from_uri``.
+
+    It decodes two frames, the last and the first: the last one costs up to one GOP of decoding
+    and is what catches a file that promises frames it does not hold.
+    """
+    path = uri = uri.strip()
+    size: Optional[int] = None
+    try:
+        if filesystem is None:
+            try:
+                path = uri = normalize_uri(uri)
+            except ValueError as exc:  # a malformed file:// URI
+                raise _Unusable(REASON_READ_ERROR, str(exc)) from None
+            if not is_local(uri):
+                filesystem, path = _filesystem_for(uri)
+        else:
+            path = uri.partition("://")[2] or uri
+        with _local_copy(uri, path, filesystem) as (local_path, size):
+            _require_complete(uri, local_path, size)
+            fields = _inspect(uri, local_path)
+    except _Unusable as bad:
+        return VideoInfo.failed(_stable_id(uri), uri, bad.reason, bad.message, size if size is not None else bad.size_bytes)
+    return VideoInfo(video_id=_stable_id(uri), uri=uri, size_bytes=size, **fields)
+
+
+def _filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except Exception as exc:  # unknown scheme, malformed URI, filesystem not built into pyarrow
+        raise _Unusable(REASON_READ_ERROR, f"{uri}: pyarrow cannot open this URI ({exc}); check the scheme and spelling") from None
+
+
+@contextlib.contextmanager
+def _local_copy(uri: str, path: str, filesystem: Optional[pafs.FileSystem]) -> Iterator[tuple[str, int]]:
+    """Yield (a local path decord can open, the size in bytes). Files on other filesystems are
+    streamed to a temporary file first: decord reads file objects whole into memory, a temporary
+    file keeps memory flat for multi-GB videos."""
+    if filesystem is None or isinstance(filesystem, pafs.LocalFileSystem):
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise _Unusable(REASON_MISSING, f"{uri}: cannot read the file ({exc.strerror}); check the path and permissions") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise _Unusable(REASON_MISSING, f"{uri}: not a regular file; list video files, not directories or devices")
+        _require_bytes(uri, st.st_size)
+        yield path, st.st_size
+        return
+    try:
+        info = filesystem.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise _Unusable(REASON_MISSING, f"{uri}: no such object; check the URI")
+        if info.type != pafs.FileType.File:
+            raise _Unusable(REASON_MISSING, f"{uri}: not a file (a prefix or directory?); list video objects")
+        _require_bytes(uri, info.size)
+        suffix = os.path.splitext(path)[1]
+        with tempfile.NamedTemporaryFile(suffix=suffix, prefix="semidff-probe-") as local:
+            with filesystem.open_input_stream(path) as source:
+                shutil.copyfileobj(source, local, length=8 << 20)
+            local.flush()
+            yield local.name, info.size
+    except OSError as exc:  # pyarrow raises OSError for network, permission and credential failures
+        raise _Unusable(REASON_READ_ERROR, f"{uri}: could not read it from storage ({exc}); check credentials and retry with --retry-failed") from None
+
+
+def _require_bytes(uri: str, size: int) -> None:
+    if size == 0:
+        raise _Unusable(REASON_EMPTY, f"{uri}: zero-byte file; the copy or download did not finish, fetch it again", size_bytes=0)
+
+
+def _require_complete(uri: str, local_path: str, size: int) -> None:
+    declared = declared_size(local_path)
+    if declared is not None and declared > size:
+        raise _Unusable(
+            REASON_TRUNCATED,
+            f"{uri}: the file has {size} bytes but its container says {declared}: it was cut short while copying or downloading, fetch it again",
+        )
+
+
+_ISO_BMFF_TOP_LEVEL = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"styp", b"sidx", b"moof", b"uuid", b"pnot"}
+_EBML_MAGIC = b"\x1a\x45\xdf\xa3"
+
+
+def declared_size(path: str, max_elements: int = 1_000_000) -> Optional[int]:
+    """Bytes a file should have according to its container's top-level size fields: MP4/MOV boxes,
+    AVI RIFF chunks, Matroska/WebM EBML elements. None for other formats, open-ended sizes
+    (a live recording) or fields that make no sense; a truncated file declares more than it has."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(12)
+        if head[4:8] in _ISO_BMFF_TOP_LEVEL:
+            element = _iso_box_size
+        elif head[:4] == b"RIFF":
+            element = _riff_chunk_size
+        elif head[:4] == _EBML_MAGIC:
+            element = _ebml_element_size
+        else:
+            return None
+        offset = 0
+        for _ in range(max_elements):
+            if offset >= size:
+                return offset
+            f.seek(offset)
+            length = element(f.read(16), size - offset)
+            if length is None:
+                return None
+            if length == 0:  # end of the structure (a non-RIFF chunk after the RIFF ones)
+                return offset
+            offset += length
+    return None
+
+
+def _iso_box_size(header: bytes, remaining: int) -> Optional[int]:
+    if len(header) < 8:
+        return 8  # the box header itself is cut
+    size = int.from_bytes(header[:4], "big")
+    if size == 1:  # 64-bit size follows the type
+        return int.from_bytes(header[8:16], "big") if len(header) >= 16 else 16
+    if size == 0:  # "to the end of the file"
+        return remaining
+    return size if size >= 8 else None
+
+
+def _riff_chunk_size(header: bytes, remaining: int) -> Optional[int]:
+    if len(header) < 8:
+        return 8
+    if header[:4] != b"RIFF":  # trailing data after the RIFF/AVIX chunks is not part of the file's structure
+        return 0
+    size = int.from_bytes(header[4:8], "little")
+    return 8 + size + (size & 1) if size else None  # 0: written by a streaming muxer, never finalised
+
+
+def _ebml_element_size(header: bytes, remaining: int) -> Optional[int]:
+    """Length of one EBML element: variable-length ID (1-4 bytes) + size (1-8 bytes) + data."""
+    if not header or header[0] == 0:
+        return None
+    id_length = 9 - header[0].bit_length()
+    if id_length > 4 or len(header) <= id_length:
+        return None
+    first = header[id_length]
+    if first == 0:
+        return None
+    size_length = 9 - first.bit_length()
+    if len(header) < id_length + size_length:
+        return None
+    value = int.from_bytes(header[id_length : id_length + size_length], "big") & ((1 << (7 * size_length)) - 1)
+    if value == (1 << (7 * size_length)) - 1:  # all ones: unknown size (a live stream)
+        return None
+    return id_length + size_length + value
+
+
+def _inspect(uri: str, local_path: str) -> dict:
+    """decord's view of a readable file: the VideoInfo fields after video_id, uri and size."""
+    import decord  # imported here so that importing this module stays cheap
+
+    try:
+        reader = decord.VideoReader(local_path, ctx=decord.cpu(0), num_threads=1)
+    except AssertionError:  # decord asserts a positive frame count after opening
+        raise _Unusable(REASON_NO_FRAMES, f"{uri}: the video stream has 0 frames; the file holds no usable video") from None
+    except Exception as exc:
+        raise _open_failure(uri, exc) from None
+    num_frames = len(reader)
+    # The last frame first: on a file cut inside its last packets it always fails, while decord's
+    # decoder thread may report that packet's error from any earlier read, frame 0 included.
+    try:
+        height, width = reader.get_batch([num_frames - 1]).shape[1:3]
+    except Exception as exc:
+        raise _Unusable(
+            REASON_DAMAGED,
+            f"{uri}: the container lists {num_frames} frames but the last one does not decode ({_decord_detail(exc)}); "
+            "the file is damaged, fetch it again",
+        ) from None
+    if num_frames > 1:
+        try:
+            reader.get_batch([0])
+        except Exception as exc:
+            raise _Unusable(
+                REASON_NO_FRAMES, f"{uri}: the first frame does not decode ({_decord_detail(exc)}); the file is damaged, fetch it again"
+            ) from None
+    fps, duration_s, variable = _timing(reader, num_frames)
+    return dict(
+        num_frames=int(num_frames), fps=fps, width=int(width), height=int(height), duration_s=duration_s,
+        variable_frame_rate=variable, status=STATUS_OK,
+    )
+
+
+def _timing(reader, num_frames: int) -> tuple[Optional[float], Optional[float], Optional[bool]]:
+    """(fps, duration_s, variable_frame_rate) from the container's frame timestamps (no decoding)."""
+    try:
+        stamps = np.asarray(reader.get_frame_timestamp(list(range(num_frames))), dtype=np.float64)  # (n, 2) start, end in s
+        starts = np.sort(stamps[:, 0])
+        duration = float(stamps[:, 1].max() - starts[0])
+    except Exception:
+        stamps, duration = None, float("nan")
+    if not (np.isfinite(duration) and duration > 0):  # no usable timestamps: trust the stream's nominal rate
+        nominal = float(reader.get_avg_fps())
+        if not (np.isfinite(nominal) and nominal > 0):
+            return None, None, None
+        return round(nominal, 3), round(num_frames / nominal, 3), None
+    variable = False
+    if num_frames >= 3:
+        steps = np.diff(starts)
+        # 2 ms absorbs the rounding of 29.97 fps into a 1/1000 s time base (33/34 ms steps)
+        variable = bool(steps.max() - steps.min() > max(0.002, 0.1 * float(np.median(steps))))
+    return round(num_frames / duration, 3), round(duration, 3), variable
+
+
+def _decord_detail(exc: BaseException) -> str:
+    """decord's message without its '[time] /path/to/file.cc:line:' prefix, on one line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"^(\[[\d:]+\]\s+\S+?:\d+:\s*)+", "", text)  # nested when rethrown from decord's decoder thread
+    return text[:200]
+
+
+def _open_failure(uri: str, exc: Exception) -> _Unusable:
+    """Turn decord's exception when opening a file into a reason and a message."""
+    detail = _decord_detail(exc)
+    code_match = re.search(r"\((-?\d+) vs\. 0\)", str(exc))
+    code = int(code_match.group(1)) if code_match else None
+    if code == _AVERROR_STREAM_NOT_FOUND:
+        return _Unusable(REASON_NO_VIDEO, f"{uri}: no video stream (audio only?); leave it out of the inputs")
+    if code == _AVERROR_DECODER_NOT_FOUND or "Cannot create buffer source" in detail:
+        return _Unusable(
+            REASON_UNDECODABLE,
+            f"{uri}: the video stream cannot be decoded (unsupported codec, or a header damaged by truncation: {detail}); re-encode it to H.264 or fetch it again",
+        )
+    if "broken metadata" in detail:  # decord needs a duration or frame count from the container
+        return _Unusable(
+            REASON_CANNOT_OPEN,
+            f"{uri}: decord cannot count its frames, the container declares no duration (a live recording?); remux it, e.g. ffmpeg -i IN -c copy OUT.mp4",
+        )
+    if "av_read_frame failed" in detail:
+        return _Unusable(REASON_DAMAGED, f"{uri}: reading the packets failed part way ({detail}); the file is damaged or truncated, fetch it again")
+    if isinstance(exc, RuntimeError) and detail.startswith("Error reading"):  # decord got no reader: FFmpeg could not open it
+        return _Unusable(
+            REASON_CANNOT_OPEN, f"{uri}: FFmpeg cannot open it as a media file (damaged, cut before its index, or not a video); fetch it again or leave it out"
+        )
+    return _Unusable(REASON_CANNOT_OPEN, f"{uri}: decord could not open it ({detail}); the file is damaged or in an unsupported container")
