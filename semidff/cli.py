@@ -94,6 +94,29 @@ def manifest(
     typer.echo(summary.format())
 
 
+data_app = typer.Typer(help="Labeled video datasets: check a custom (semidff-video/1) dataset file.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check(
+    path: Path = typer.Argument(..., help="a semidff-video/1 JSON file (format: README, 'Custom labeled video format')"),
+    no_files: bool = typer.Option(False, "--no-files", help="do not check that the video files and frame folders exist"),
+    probe: bool = typer.Option(False, "--probe", help="also open every video with decord and compare its size and frame count"),
+) -> None:
+    """Report every problem of a custom dataset file, one 'location: message' line each (exit 1), or 'ok: ...' (exit 0)."""
+    from semidff.data.custom_format import CustomFormatError, load_custom_dataset
+
+    try:
+        dataset = load_custom_dataset(path, check_files=not no_files, probe=probe)
+    except CustomFormatError as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem))
+        typer.echo(f"{path}: {len(exc.problems)} problem(s)", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"ok: {len(dataset.videos)} videos, {dataset.num_objects()} annotations, {dataset.num_classes()} classes")
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="semidff")

@@ -1,0 +1,127 @@
+"""The clip stage on a local Ray: every planned clip of the good videos comes out once with the
+right frames; a file damaged or removed after the manifest was built becomes failure rows and the
+run finishes."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.video_fixtures import break_last_packet, pattern_frame, write_video  # PyAV before decord
+
+import ray
+from pipelines.clips import (
+    CLIP_SCHEMA,
+    FAILURE_SCHEMA,
+    WHOLE_VIDEO,
+    clip_dataset,
+    clip_frames_from_row,
+    summarize_clips,
+    write_clip_failures,
+)
+from pipelines.manifest import build_manifest, read_manifest_rows
+from semidff.video.clip_plan import plan_clips
+from semidff.video.decode import REASON_DECODE_FAILED, resize_frames
+from semidff.video.probe import REASON_MISSING
+
+PLAN = dict(key_frames_per_second=2.5, currents_per_key=2, offset_range=(8, 9), seed=5)  # keys every 10 frames at 25 fps
+SIZE = dict(short_side=48, max_long_side=64)  # 64x48 videos stay as they are
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory, local_ray) -> Path:
+    """A manifest of 5 usable videos; then one is damaged and one removed, as if after probing."""
+    root = tmp_path_factory.mktemp("clips")
+    videos = root / "videos"
+    videos.mkdir()
+    write_video(videos / "a.mp4", 40, 64, 48, gop=10)
+    write_video(videos / "b.mkv", 25, 64, 48, gop=10)
+    write_video(videos / "c_97x61.mp4", 12, 97, 61)
+    write_video(videos / "damaged.mp4", 40, 64, 48, gop=10)
+    write_video(videos / "removed.mp4", 20, 64, 48)
+    output = root / "manifest"
+    summary = build_manifest([str(videos)], str(output))
+    assert summary.ok == 5
+    break_last_packet(videos / "damaged.mp4", root / "broken.mp4")
+    shutil.move(root / "broken.mp4", videos / "damaged.mp4")
+    (videos / "removed.mp4").unlink()
+    return output
+
+
+@pytest.fixture(scope="module")
+def rows(manifest) -> list[dict]:
+    return clip_dataset(str(manifest), **PLAN, **SIZE, block_bytes=64 << 10).take_all()
+
+
+def by_name(rows: list[dict]) -> dict[str, list[dict]]:
+    named: dict[str, list[dict]] = {}
+    for row in rows:
+        named.setdefault(Path(row["uri"]).name, []).append(row)
+    return named
+
+
+def test_every_planned_clip_of_the_good_videos_comes_out_once(manifest, rows):
+    videos = {Path(r["uri"]).name: r for r in read_manifest_rows(str(manifest)).values()}
+    named = by_name(rows)
+    for name in ("a.mp4", "b.mkv", "c_97x61.mp4"):
+        expected = [c.clip_id for c in plan_clips(videos[name], **PLAN)]
+        assert sorted(r["clip_id"] for r in named[name]) == sorted(expected) and expected
+        assert all(r["status"] == "ok" and r["error"] == "" for r in named[name])
+    assert len(named["a.mp4"]) == 4 and len(named["b.mkv"]) == 2 and len(named["c_97x61.mp4"]) == 1
+    assert set(named) == {"a.mp4", "b.mkv", "c_97x61.mp4", "damaged.mp4", "removed.mp4"}
+    assert len({r["clip_id"] for r in rows}) == len(rows)
+
+
+def test_rows_carry_the_planned_frames_resized(rows):
+    named = by_name(rows)
+    for row in named["a.mp4"]:
+        clip = clip_frames_from_row(row)
+        assert clip.key_frame.shape == (48, 64, 3) and clip.current_frames.shape == (2, 48, 64, 3)
+        assert list(clip.clip.current_indices) == [row["key_index"] + d for d in row["offsets"]]
+        for index, frame in [(clip.clip.key_index, clip.key_frame), *zip(clip.clip.current_indices, clip.current_frames)]:
+            assert np.abs(frame.astype(int) - pattern_frame(index, 64, 48)).mean() < 6
+        assert row["frames_decoded"] >= 1
+    (odd,) = named["c_97x61.mp4"]
+    assert (odd["height"], odd["width"]) == (40, 64) and odd["scale"] == pytest.approx(64 / 97)
+    expected, _ = resize_frames(pattern_frame(0, 97, 61)[None], **SIZE)
+    assert np.abs(clip_frames_from_row(odd).key_frame.astype(int) - expected[0]).mean() < 6
+
+
+def test_damaged_and_removed_videos_become_failure_rows(rows):
+    named = by_name(rows)
+    damaged = {r["key_index"]: r for r in named["damaged.mp4"]}
+    assert sorted(damaged) == [0, 10, 20, 30]
+    last = damaged[30]  # its current frames 38/39 include the broken last frame
+    assert last["status"] == "error" and last["reason"] == REASON_DECODE_FAILED and "damaged.mp4" in last["error"]
+    assert last["key_frame"] == b"" and last["height"] == 0
+    (removed,) = named["removed.mp4"]
+    assert removed["key_index"] == WHOLE_VIDEO and removed["status"] == "error" and removed["reason"] == REASON_MISSING
+
+
+def test_summary_counts_outcomes_and_failures_are_written(manifest, tmp_path):
+    progress = []
+    summary = summarize_clips(clip_dataset(str(manifest), **PLAN, **SIZE), progress=progress.append)
+    assert summary.ok + summary.failed == summary.clips == 4 + 2 + 1 + 4 + 1
+    assert summary.videos_failed == 1 and len(summary.video_ids) == 5
+    assert summary.failures[REASON_MISSING] == 1 and summary.failures[REASON_DECODE_FAILED] >= 1
+    assert progress and "failed, by reason" in progress[-1]
+    path = write_clip_failures(summary, str(tmp_path / "out" / "failures.parquet"))
+    table = pq.read_table(path)
+    assert table.schema.equals(FAILURE_SCHEMA) and table.num_rows == summary.failed
+
+
+def test_the_schema_is_the_declared_one_and_bad_arguments_fail_before_any_task(manifest, local_ray):
+    dataset = clip_dataset(str(manifest), **PLAN, **SIZE)
+    assert dataset.schema().base_schema.equals(CLIP_SCHEMA)
+    assert dataset.context.target_max_block_size == 16 << 20  # small blocks, on this dataset only
+    assert ray.data.DataContext.get_current().target_max_block_size != 16 << 20
+    with pytest.raises(ValueError, match="lo must be <= hi"):
+        clip_dataset(str(manifest), offset_range=(9, 1))

@@ -1,0 +1,157 @@
+"""Clip decoding on real encoded videos: the exact planned frames, resized in uint8, keyframes from
+the container's index, and damaged or unreadable files as failures instead of exceptions."""
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs as pafs
+import pytest
+
+from tests.video_fixtures import break_last_packet, pattern_frame, write_video  # PyAV before decord
+
+from semidff.preprocess import resized_shape
+from semidff.video.clip_plan import ClipSpec, frames_decoded_for, plan_clips
+from semidff.video.decode import (
+    REASON_DECODE_FAILED,
+    REASON_FRAME_OUT_OF_RANGE,
+    ClipFailure,
+    ClipFrames,
+    codec_keyframe_indices,
+    decode_clips,
+    open_video,
+    resize_frames,
+)
+from semidff.video.probe import REASON_CANNOT_OPEN, REASON_MISSING
+
+W, H = 64, 48
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("decode")
+    paths = {
+        "gop10": write_video(root / "gop10.mp4", 100, W, H, gop=10),
+        "bframes": write_video(root / "bframes.mp4", 40, W, H, gop=10, bframes=True),
+        "odd": write_video(root / "odd_97x61.mp4", 6, 97, 61),
+        "short": write_video(root / "short.mp4", 40, W, H, gop=10),
+    }
+    paths["damaged"] = break_last_packet(paths["short"], root / "damaged.mp4")
+    (root / "text.mp4").write_text("not a video\n" * 30)
+    paths["text"] = root / "text.mp4"
+    return paths
+
+
+def info(path: Path, num_frames: int, fps: float = 25.0) -> dict:
+    return dict(video_id=path.stem, uri=str(path), num_frames=num_frames, fps=fps)
+
+
+def frame_index(frame: np.ndarray, num_frames: int) -> int:
+    """The pattern frame a decoded native-size frame is closest to (codec blur allowed)."""
+    errors = [np.abs(frame.astype(np.int16) - pattern_frame(i, W, H)).mean() for i in range(num_frames)]
+    assert min(errors) < 6, f"the frame matches no pattern frame (mean error {min(errors):.1f})"
+    return int(np.argmin(errors))
+
+
+def native(clips, path):
+    """Decode at the native 64x48 size (the resize rule gives scale 1)."""
+    return list(decode_clips(str(path), clips, short_side=H, max_long_side=W))
+
+
+def test_keyframes_come_from_the_container_index(videos):
+    assert codec_keyframe_indices(str(videos["gop10"])) == list(range(0, 100, 10))
+    assert codec_keyframe_indices(str(videos["bframes"])) == [0, 10, 20, 30]  # display order, B-frames reordered
+
+
+def test_decoded_clips_hold_exactly_the_planned_frames(videos):
+    clips = plan_clips(info(videos["gop10"], 100), currents_per_key=3, key_frames_per_second=2, seed=1)
+    results = native(clips, videos["gop10"])
+    assert sorted(r.clip_id for r in results) == sorted(c.clip_id for c in clips)
+    for result in results:
+        assert isinstance(result, ClipFrames) and result.scale == 1.0
+        assert result.key_frame.shape == (H, W, 3) and result.key_frame.dtype == np.uint8
+        assert result.current_frames.shape == (3, H, W, 3) and result.current_frames.dtype == np.uint8
+        assert frame_index(result.key_frame, 100) == result.clip.key_index
+        assert [frame_index(f, 100) for f in result.current_frames] == list(result.clip.current_indices)
+
+
+def test_b_frames_repeats_and_small_chunks_decode_the_same_frames(videos):
+    path = videos["bframes"]
+    clips = plan_clips(info(path, 40), currents_per_key=4, offset_range=(0, 2), key_frames_per_video=5, seed=2)
+    assert any(len(set(c.current_indices)) < 4 for c in clips)  # 3 offsets for 4 currents: repeats
+    one_read = native(clips, path)
+    two_frame_reads = list(decode_clips(str(path), clips, short_side=H, max_long_side=W, chunk_frames=2))
+    for a, b in zip(one_read, two_frame_reads):
+        assert a.clip_id == b.clip_id and np.array_equal(a.current_frames, b.current_frames)
+        assert [frame_index(f, 40) for f in a.current_frames] == list(a.clip.current_indices)
+
+
+def test_frames_are_resized_by_the_dff_rule_in_uint8(videos):
+    path = videos["odd"]
+    (clip,) = plan_clips(info(path, 6), currents_per_key=2)
+    (result,) = decode_clips(str(path), [clip])  # defaults: short side 600, long side <= 1000
+    height, width, scale = resized_shape(61, 97)
+    assert (height, width) == (600, 954)
+    assert result.key_frame.shape == (height, width, 3) and result.current_frames.shape == (2, height, width, 3)
+    assert result.key_frame.dtype == np.uint8 and result.scale == pytest.approx(scale)
+    (small,) = decode_clips(str(path), [clip], short_side=30, max_long_side=40)
+    assert small.key_frame.shape == (25, 40, 3)  # 30 / 61 * 97 = 47.7 > 40: the long side decides
+    expected, _ = resize_frames(pattern_frame(0, 97, 61)[None], 30, 40)
+    assert np.abs(small.key_frame.astype(int) - expected[0]).mean() < 6
+
+
+def test_keys_aligned_to_codec_keyframes_decode_fewer_frames(videos):
+    path = str(videos["gop10"])
+    with open_video(path) as video:  # one open: keyframes, then the clips
+        keyframes = video.keyframe_indices()
+        plain = plan_clips(info(videos["gop10"], 100), codec_keyframes=keyframes, currents_per_key=2)
+        aligned = plan_clips(info(videos["gop10"], 100), codec_keyframes=keyframes, currents_per_key=2, align_to_codec_keyframes=True)
+        results = list(video.decode_clips(aligned, short_side=H, max_long_side=W))
+    assert [c.key_index for c in plain] == [0, 25, 50, 75]
+    assert [c.key_index for c in aligned] == [0, 20, 50, 70]
+    assert sum(c.frames_decoded for c in aligned) < sum(c.frames_decoded for c in plain)
+    assert sum(c.frames_decoded for c in aligned) == frames_decoded_for([i for c in aligned for i in c.frame_indices], keyframes)
+    assert [frame_index(r.key_frame, 100) for r in results] == [0, 20, 50, 70]
+
+
+def test_a_damaged_frame_fails_the_clips_from_there_on(videos):
+    """Clips yielded before the failing read are good; that clip and every later one fail."""
+    path = videos["damaged"]  # 40 frames, the last one cannot be decoded
+    clips = plan_clips(info(path, 40), key_frames_per_second=2.5, currents_per_key=9)  # keys 0, 10, 20, 30, all offsets
+    assert clips[-1].current_indices[-1] == 39
+    results = native(clips, path)
+    assert sorted(r.clip_id for r in results) == sorted(c.clip_id for c in clips)
+    outcomes = [isinstance(r, ClipFrames) for r in results]
+    assert outcomes == sorted(outcomes, reverse=True)  # the failures are a suffix in yield order
+    failed = [r for r in results if isinstance(r, ClipFailure)]
+    assert clips[-1].clip_id in {r.clip_id for r in failed}
+    assert all(r.reason == REASON_DECODE_FAILED and str(path) in r.error and "did not decode" in r.error for r in failed)
+    for result in results:
+        if isinstance(result, ClipFrames):
+            assert [frame_index(f, 40) for f in result.current_frames] == list(result.clip.current_indices)
+
+
+def test_indices_past_the_end_fail_only_their_clip(videos):
+    path = videos["short"]
+    good = ClipSpec("short:0", "short", str(path), 0, (1,), (1,))
+    stale = ClipSpec("short:38", "short", str(path), 38, (45,), (7,))  # planned for a longer file
+    by_id = {r.clip_id: r for r in native([stale, good], path)}
+    assert isinstance(by_id["short:0"], ClipFrames)
+    assert by_id["short:38"].reason == REASON_FRAME_OUT_OF_RANGE and "rebuild the manifest" in by_id["short:38"].error
+
+
+def test_files_on_other_filesystems_are_read_through_pyarrow(videos):
+    """The object-store path (stream to a temporary file, then decord), on a non-local pyarrow filesystem."""
+    filesystem = pafs.SubTreeFileSystem(str(videos["gop10"].parent), pafs.LocalFileSystem())
+    clips = plan_clips(dict(video_id="remote", uri="bucket://gop10.mp4", num_frames=100, fps=25.0), key_frames_per_video=2)
+    results = list(decode_clips("bucket://gop10.mp4", clips, short_side=H, max_long_side=W, filesystem=filesystem))
+    assert [frame_index(r.key_frame, 100) for r in results] == [0, 50]
+    (gone,) = decode_clips("bucket://gone.mp4", clips[:1], filesystem=filesystem)
+    assert gone.reason == REASON_MISSING and "bucket://gone.mp4" in gone.error
+
+
+@pytest.mark.parametrize("name, reason", [("text", REASON_CANNOT_OPEN), ("missing", REASON_MISSING)])
+def test_a_file_that_cannot_be_opened_fails_every_clip(videos, name, reason):
+    path = videos.get(name, videos["gop10"].parent / "missing.mp4")
+    clips = plan_clips(info(path, 40), key_frames_per_video=3)
+    results = list(decode_clips(str(path), clips))
+    assert [r.clip_id for r in results] == [c.clip_id for c in clips]
+    assert all(isinstance(r, ClipFailure) and r.reason == reason and str(path) in r.error for r in results)
