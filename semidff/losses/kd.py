@@ -37,8 +37,10 @@ def kd_loss(
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"kd_loss: temperature must be a finite number > 0, got {temperature}")
     count = max(student_logits.numel() // max(student_logits.shape[dim], 1), 1)
-    log_p_student = F.log_softmax(student_logits / temperature, dim=dim)
-    log_p_teacher = F.log_softmax(teacher_logits.detach() / temperature, dim=dim)
+    # at least fp32: cached fp16 teacher logits would otherwise make the whole loss fp16
+    dtype = torch.promote_types(torch.promote_types(student_logits.dtype, teacher_logits.dtype), torch.float32)
+    log_p_student = F.log_softmax(student_logits.to(dtype) / temperature, dim=dim)
+    log_p_teacher = F.log_softmax(teacher_logits.detach().to(dtype) / temperature, dim=dim)
     # kl_div(input=log p_s, target=log p_t, log_target) = Σ p_t (log p_t − log p_s).
     kl_sum = F.kl_div(log_p_student, log_p_teacher, reduction="sum", log_target=True)
     return temperature * temperature * kl_sum / count

@@ -66,7 +66,8 @@ class FrozenBatchNorm2d(nn.Module):
         """x: (N, C, H, W) -> (N, C, H, W)."""
         scale = self.weight * torch.rsqrt(self.running_var + self.eps)
         shift = self.bias - self.running_mean * scale
-        return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+        # in x's dtype, so fp16 autocast activations are not promoted to fp32 by the fp32 buffers
+        return x * scale.to(x.dtype).view(1, -1, 1, 1) + shift.to(x.dtype).view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
@@ -154,7 +155,7 @@ class ResNetBackbone(nn.Module):
     """
 
     def __init__(self, depth: int = 101, width_multiplier: float = 1.0, frozen_batchnorm: bool = True,
-                 frozen_stages: int = 1, stride_in_1x1: bool = True):
+                 frozen_stages: int = 2, stride_in_1x1: bool = True):
         super().__init__()
         if depth not in _STAGE_UNITS:
             raise ValueError(f"ResNetBackbone depth={depth} is not supported; use one of {sorted(_STAGE_UNITS)}")

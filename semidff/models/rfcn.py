@@ -264,6 +264,7 @@ class RFCN(nn.Module):
         rois = rois.detach().to(device=features.device, dtype=torch.float32)
         if extra_rois is not None:
             rois = torch.cat([rois, extra_rois.detach().to(device=rois.device, dtype=rois.dtype)], dim=0)
+        _check_batch_indices(rois, features.shape[0])
         cls_logits, box_deltas = self.ps_roi_head(ps_features, rois)
         return RFCNOutput(
             features=features,
@@ -318,3 +319,15 @@ class RFCN(nn.Module):
                 )
             )
         return detections
+
+
+def _check_batch_indices(rois: torch.Tensor, num_images: int) -> None:
+    """RoIs must name an image of the batch in column 0; otherwise pooling reads the wrong image."""
+    if rois.dim() != 2 or rois.shape[1] != 5:
+        raise ValueError(f"rois must be (R, 5) [batch_index, x1, y1, x2, y2], got {tuple(rois.shape)}")
+    index = rois[:, 0]
+    if rois.shape[0] and (bool((index != index.round()).any()) or index.min() < 0 or index.max() >= num_images):
+        raise ValueError(
+            f"rois column 0 must hold whole batch indices in [0, {num_images}) for a batch of {num_images} "
+            f"feature maps, got values in [{index.min().item()}, {index.max().item()}]"
+        )

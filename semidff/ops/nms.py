@@ -34,6 +34,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float, max_kep
     _check_inputs(boxes, scores)
     if boxes.shape[0] == 0:
         return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    if boxes.dtype in (torch.float16, torch.bfloat16):
+        boxes = boxes.float()  # areas of 600x1000-pixel boxes overflow fp16
     if _torchvision_nms is not None:
         # torchvision measures width as x2 - x1; shifting the far corner by one pixel gives the +1 IoU.
         dtype = torch.float64 if boxes.dtype == torch.float64 else torch.float32

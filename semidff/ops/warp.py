@@ -34,13 +34,17 @@ def warp_features(features: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     padded = F.pad(features, (0, 1 if width == 1 else 0, 0, 1 if height == 1 else 0))
     padded_height, padded_width = padded.shape[2:]
 
+    # Grid and sampling in at least fp32: in fp16, x + u near x = 63 has a step of 0.03 feature pixels.
+    compute_dtype = torch.promote_types(torch.promote_types(features.dtype, flow.dtype), torch.float32)
+    flow = flow.to(compute_dtype)
     grid_y, grid_x = torch.meshgrid(
-        torch.arange(height, dtype=flow.dtype, device=flow.device),
-        torch.arange(width, dtype=flow.dtype, device=flow.device),
+        torch.arange(height, dtype=compute_dtype, device=flow.device),
+        torch.arange(width, dtype=compute_dtype, device=flow.device),
         indexing="ij",
     )
     # MXNet GridGenerator kWarp: x_n = (x + u) / ((W - 1) / 2) - 1.
     sample_x = (grid_x + flow[:, 0]) / ((padded_width - 1) / 2.0) - 1.0
     sample_y = (grid_y + flow[:, 1]) / ((padded_height - 1) / 2.0) - 1.0
-    grid = torch.stack([sample_x, sample_y], dim=-1).to(features.dtype)  # (N, H, W, 2), x first
-    return F.grid_sample(padded, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    grid = torch.stack([sample_x, sample_y], dim=-1)  # (N, H, W, 2), x first
+    warped = F.grid_sample(padded.to(compute_dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return warped.to(features.dtype)

@@ -239,3 +239,8 @@ def test_feature_extractor_shape_init_and_relu():
         out = extractor(torch.randn(2, 3, 97, 131) * 50)
     assert out.shape == (2, 64, 7, 9)
     assert out.min() >= 0 and out.max() > 0
+
+
+def test_frozen_batchnorm_keeps_the_input_dtype():
+    bn = FrozenBatchNorm2d(3)
+    assert bn(torch.randn(1, 3, 4, 4, dtype=torch.bfloat16)).dtype == torch.bfloat16

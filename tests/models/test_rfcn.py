@@ -402,3 +402,20 @@ def test_tiny_rfcn_overfits_a_synthetic_image():
     assert torch.all(iou.max(dim=1).values > 0.5)
     assert torch.equal(detections.labels[top], gt_labels[matched])
     assert torch.all(detections.scores[top] > 0.5)
+
+
+def test_forward_heads_rejects_rois_of_images_not_in_the_batch():
+    import torch
+    from torch import nn
+
+    from semidff.models.rfcn import RFCN
+
+    extractor = nn.Conv2d(3, 8, 3, stride=16, padding=1)
+    extractor.out_channels = 8
+    model = RFCN(extractor, num_classes=2, group_size=3, post_nms_top_n=4)
+    features = torch.randn(2, 8, 4, 5)
+    good = torch.tensor([[0.0, 0, 0, 30, 30], [1.0, 10, 10, 40, 40]])
+    assert model.forward_heads(features, (64, 80), rois=good).cls_logits.shape == (2, 3)
+    for bad in ([2.0, 0, 0, 30, 30], [-1.0, 0, 0, 30, 30], [0.5, 0, 0, 30, 30]):
+        with pytest.raises(ValueError, match=r"whole batch indices in \[0, 2\)"):
+            model.forward_heads(features, (64, 80), rois=torch.tensor([bad]))

@@ -164,3 +164,10 @@ def test_torchvision_path_agrees_with_pure_torch(threshold):
     boxes, scores = random_boxes(1000, seed=3, spread=600.0)
     boxes, scores = boxes.float(), scores.float()
     assert nms(boxes, scores, threshold).tolist() == nms_module._greedy_nms(boxes, scores, threshold).tolist()
+
+
+def test_nms_half_precision_boxes_give_the_fp32_result():
+    # 600x1000-pixel areas overflow fp16 (max 65504); nms computes in fp32 whatever it is given.
+    boxes = torch.tensor([[0.0, 0, 999, 599], [10, 10, 999, 599], [0, 0, 300, 200]])
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    assert nms(boxes.half(), scores.half(), 0.5).tolist() == nms(boxes, scores, 0.5).tolist() == [0, 2]

@@ -134,3 +134,13 @@ def test_gradients_reach_both_inputs():
 def test_bad_shapes_raise(features_shape, flow_shape):
     with pytest.raises(ValueError):
         warp_features(torch.zeros(features_shape), torch.zeros(flow_shape))
+
+
+def test_half_precision_features_are_sampled_on_an_fp32_grid():
+    torch.manual_seed(0)
+    features = torch.randn(1, 4, 40, 64)
+    flow = torch.full((1, 2, 40, 64), 0.37)
+    exact = warp_features(features, flow)
+    half = warp_features(features.half(), flow.half())
+    assert half.dtype == torch.float16
+    assert torch.allclose(half.float(), exact, atol=1e-2)  # fp16 rounding of inputs and output only
