@@ -97,15 +97,16 @@ class VideoDetector:
     def reset(self) -> None:
         """Start a new video: the next frame is a key frame."""
         self._frame_index = 0
+        self._frames_since_key = 0
         self._key_images: Optional[torch.Tensor] = None
         self._key_features: Optional[torch.Tensor] = None
         self._key_detections: Optional[Detections] = None
 
     def _is_key(self, images: torch.Tensor) -> bool:
-        if self.mode == "frame" or self._frame_index % self.key_interval == 0:
+        if self.mode == "frame" or self._key_images is None:
             return True
         # a size change (a new stream without reset) cannot reuse the cached key frame
-        return self._key_images is None or self._key_images.shape != images.shape
+        return self._frames_since_key >= self.key_interval or self._key_images.shape != images.shape
 
     def _synchronize(self) -> None:
         if self.device.type == "cuda":
@@ -140,6 +141,7 @@ class VideoDetector:
         elapsed = time.perf_counter() - start
         result = FrameResult(self._frame_index, is_key, detections, elapsed)
         self._frame_index += 1
+        self._frames_since_key = 1 if is_key else self._frames_since_key + 1
         return result
 
     def run(

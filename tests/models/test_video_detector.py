@@ -113,3 +113,11 @@ def test_invalid_arguments_are_explained(networks):
         VideoDetector(rfcn, flownet, key_interval=0)
     with pytest.raises(ValueError, match=r"one frame \(1, 3, H, W\)"):
         VideoDetector(rfcn, flownet).detect_frame(torch.zeros(2, 3, 32, 32))
+
+
+def test_a_size_change_starts_a_new_key_interval(networks, cfg):
+    detector = VideoDetector(*networks, key_interval=3, mode="flow")
+    small, large = moving_frames(2, 90, 120), moving_frames(5, 100, 140)
+    results, _ = run(detector, small + large, cfg)
+    # frame 2 changes size: a key frame, and the next key comes 3 frames after it
+    assert [r.is_key for r in results] == [True, False, True, False, False, True, False]
