@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 import posixpath
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,10 +42,10 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray
 
 from pipelines.manifest import MANIFEST_FILE, read_manifest_rows
+from pipelines.parquet_io import write_parquet_atomically
 from semidff.video.clip_plan import REGRESSION_OFFSETS, ClipSpec, plan_clips
 from semidff.video.decode import ClipFailure, ClipFrames, ClipResult, VideoOpenError, open_video
 from semidff.video.probe import STATUS_ERROR, STATUS_OK, VideoInfo, is_local, normalize_uri
@@ -313,9 +312,6 @@ def write_clip_failures(summary: ClipsSummary, path: str) -> str:
         filesystem, target = pafs.LocalFileSystem(), normalize_uri(path)
     else:
         filesystem, target = pafs.FileSystem.from_uri(path)
-    directory, name = posixpath.split(target)
-    filesystem.create_dir(directory, recursive=True)
-    temporary = f"{directory}/_tmp-{uuid.uuid4().hex[:12]}-{name}"  # leading "_": Parquet readers skip it
-    pq.write_table(pa.Table.from_pylist(summary.failed_rows, schema=FAILURE_SCHEMA), temporary, filesystem=filesystem)
-    filesystem.move(temporary, target)
+    filesystem.create_dir(posixpath.dirname(target), recursive=True)
+    write_parquet_atomically(pa.Table.from_pylist(summary.failed_rows, schema=FAILURE_SCHEMA), filesystem, target)
     return target if is_local(path) else path

@@ -47,6 +47,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
+from pipelines.parquet_io import write_parquet_atomically
 from semidff.video.probe import REASON_CRASHED, STATUS_ERROR, STATUS_OK, VideoInfo, is_local, normalize_uri, probe_video, video_id_for
 
 VIDEO_EXTENSIONS = frozenset(
@@ -331,12 +332,8 @@ def _output_location(output_dir: str) -> tuple[pafs.FileSystem, str]:
 
 
 def _write_atomically(rows: list[dict], filesystem: pafs.FileSystem, path: str) -> None:
-    """Write rows to ``path`` through a temporary name in the same directory, then rename: a reader
-    never sees a half-written file (on object stores the final object appears whole on upload)."""
-    directory, name = posixpath.split(path)
-    temporary = f"{directory}/_tmp-{uuid.uuid4().hex[:12]}-{name}"  # leading "_": Parquet readers skip it
-    pq.write_table(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), temporary, filesystem=filesystem)
-    filesystem.move(temporary, path)
+    """Manifest rows to ``path``, atomically (:func:`pipelines.parquet_io.write_parquet_atomically`)."""
+    write_parquet_atomically(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), filesystem, path)
 
 
 def _read_rows(filesystem: pafs.FileSystem, path: str) -> list[dict]:

@@ -24,25 +24,38 @@ def resized_shape(height: int, width: int, short_side: int = 600, max_long_side:
     return max(1, round(height * scale)), max(1, round(width * scale)), scale
 
 
-def preprocess_frames(
+def resize_frames(
     frames: np.ndarray | torch.Tensor, short_side: int = 600, max_long_side: int = 1000
 ) -> tuple[torch.Tensor, float]:
-    """Resize and normalise decoded frames for the networks.
+    """Resize decoded frames by the DFF rule, staying uint8.
 
-    frames: (N, H, W, 3) uint8 RGB (as decoders return them).
-    Returns images (N, 3, h, w) float32, RGB minus PIXEL_MEANS_RGB, and the resize scale.
-    The resize runs on uint8 channels-last tensors (bilinear, antialiased), about 3x faster than
-    on float32 (perf-anchors: resizing).
+    frames: (N, H, W, 3) uint8 RGB. Returns ((N, h, w, 3) uint8, scale). The resize runs on uint8
+    channels-last tensors (bilinear, antialiased), about 3x faster than on float32
+    (perf-anchors: resizing); a numpy input is shared, not copied, when no resize is needed.
     """
     frames = torch.as_tensor(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != torch.uint8:
         raise ValueError(f"frames must be (N, H, W, 3) uint8 RGB, got {tuple(frames.shape)} {frames.dtype}")
     height, width = frames.shape[1:3]
     new_h, new_w, scale = resized_shape(height, width, short_side, max_long_side)
+    if (new_h, new_w) == (height, width):
+        return frames, scale
     images = frames.permute(0, 3, 1, 2)  # a channels-last view, no copy
-    if (new_h, new_w) != (height, width):
-        images = F.interpolate(images, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-    images = images.float() - images.new_tensor(PIXEL_MEANS_RGB, dtype=torch.float32).view(1, 3, 1, 1)
+    resized = F.interpolate(images, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+    return resized.permute(0, 2, 3, 1).contiguous(), scale
+
+
+def preprocess_frames(
+    frames: np.ndarray | torch.Tensor, short_side: int = 600, max_long_side: int = 1000
+) -> tuple[torch.Tensor, float]:
+    """Resize and normalise decoded frames for the networks.
+
+    frames: (N, H, W, 3) uint8 RGB (as decoders return them).
+    Returns images (N, 3, h, w) float32, RGB minus PIXEL_MEANS_RGB, and the resize scale
+    (:func:`resize_frames` does the resize, in uint8).
+    """
+    resized, scale = resize_frames(frames, short_side, max_long_side)
+    images = resized.permute(0, 3, 1, 2).float() - torch.tensor(PIXEL_MEANS_RGB).view(1, 3, 1, 1)
     return images.contiguous(), scale
 
 
