@@ -43,11 +43,11 @@ from semidff.video.clip_plan import ClipSpec
 from semidff.video.probe import (
     REASON_NO_FRAMES,
     REASON_READ_ERROR,
-    _decord_detail,
-    _filesystem_for,
-    _local_copy,
-    _open_failure,
-    _Unusable,
+    decord_detail,
+    filesystem_for,
+    local_copy,
+    open_failure,
+    UnusableVideo,
     is_local,
     normalize_uri,
 )
@@ -148,7 +148,7 @@ class OpenedVideo:
                 decoded, scale = resize_frames(self._read(chunk), short_side, max_long_side)
             except Exception as exc:  # decord raises DECORDError/RuntimeError with FFmpeg's code in the text
                 error = (
-                    f"{self.uri}: frames {chunk[0]}-{chunk[-1]} did not decode ({_decord_detail(exc)}); "
+                    f"{self.uri}: frames {chunk[0]}-{chunk[-1]} did not decode ({decord_detail(exc)}); "
                     "the file is damaged from about there on, fetch it again"
                 )
                 for clip in pending[done:]:
@@ -192,11 +192,11 @@ def open_video(uri: str, filesystem: Optional[pafs.FileSystem] = None) -> Iterat
                 try:
                     uri = normalize_uri(uri)
                 except ValueError as exc:  # a malformed file:// URI
-                    raise _Unusable(REASON_READ_ERROR, str(exc)) from None
-                filesystem, path = (None, uri) if is_local(uri) else _filesystem_for(uri)
-            local_path, _ = stack.enter_context(_local_copy(uri, path, filesystem))
+                    raise UnusableVideo(REASON_READ_ERROR, str(exc)) from None
+                filesystem, path = (None, uri) if is_local(uri) else filesystem_for(uri)
+            local_path, _ = stack.enter_context(local_copy(uri, path, filesystem))
             reader = _decord_reader(uri, local_path)
-        except _Unusable as bad:
+        except UnusableVideo as bad:
             raise VideoOpenError(bad.reason, bad.message) from None
         yield OpenedVideo(uri, reader, reopen=lambda: _decord_reader(uri, local_path))
 
@@ -207,9 +207,9 @@ def _decord_reader(uri: str, local_path: str):
     try:
         return decord.VideoReader(local_path, ctx=decord.cpu(0), num_threads=1)
     except AssertionError:  # decord asserts a positive frame count
-        raise _Unusable(REASON_NO_FRAMES, f"{uri}: the video stream has 0 frames") from None
+        raise UnusableVideo(REASON_NO_FRAMES, f"{uri}: the video stream has 0 frames") from None
     except Exception as exc:
-        raise _open_failure(uri, exc) from None
+        raise open_failure(uri, exc) from None
 
 
 def codec_keyframe_indices(uri: str) -> list[int]:

@@ -103,8 +103,8 @@ class VideoInfo:
         return cls(video_id, uri, size_bytes, None, None, None, None, None, None, STATUS_ERROR, reason, message)
 
 
-class _Unusable(Exception):
-    """Internal: the file cannot be used, with the reason category and the message for the user."""
+class UnusableVideo(Exception):
+    """The file cannot be used: the reason category and the message for the user (probe and decode share it)."""
 
     def __init__(self, reason: str, message: str, size_bytes: Optional[int] = None):
         super().__init__(message)
@@ -159,28 +159,28 @@ def probe_video(uri: str, filesystem: Optional[pafs.FileSystem] = None) -> Video
             try:
                 path = uri = normalize_uri(uri)
             except ValueError as exc:  # a malformed file:// URI
-                raise _Unusable(REASON_READ_ERROR, str(exc)) from None
+                raise UnusableVideo(REASON_READ_ERROR, str(exc)) from None
             if not is_local(uri):
-                filesystem, path = _filesystem_for(uri)
+                filesystem, path = filesystem_for(uri)
         else:
             path = uri.partition("://")[2] or uri
-        with _local_copy(uri, path, filesystem) as (local_path, size):
+        with local_copy(uri, path, filesystem) as (local_path, size):
             _require_complete(uri, local_path, size)
             fields = _inspect(uri, local_path)
-    except _Unusable as bad:
+    except UnusableVideo as bad:
         return VideoInfo.failed(_stable_id(uri), uri, bad.reason, bad.message, size if size is not None else bad.size_bytes)
     return VideoInfo(video_id=_stable_id(uri), uri=uri, size_bytes=size, **fields)
 
 
-def _filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
+def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(uri)
     except Exception as exc:  # unknown scheme, malformed URI, filesystem not built into pyarrow
-        raise _Unusable(REASON_READ_ERROR, f"{uri}: pyarrow cannot open this URI ({exc}); check the scheme and spelling") from None
+        raise UnusableVideo(REASON_READ_ERROR, f"{uri}: pyarrow cannot open this URI ({exc}); check the scheme and spelling") from None
 
 
 @contextlib.contextmanager
-def _local_copy(uri: str, path: str, filesystem: Optional[pafs.FileSystem]) -> Iterator[tuple[str, int]]:
+def local_copy(uri: str, path: str, filesystem: Optional[pafs.FileSystem]) -> Iterator[tuple[str, int]]:
     """Yield (a local path decord can open, the size in bytes). Files on other filesystems are
     streamed to a temporary file first: decord reads file objects whole into memory, a temporary
     file keeps memory flat for multi-GB videos."""
@@ -188,18 +188,18 @@ def _local_copy(uri: str, path: str, filesystem: Optional[pafs.FileSystem]) -> I
         try:
             st = os.stat(path)
         except OSError as exc:
-            raise _Unusable(REASON_MISSING, f"{uri}: cannot read the file ({exc.strerror}); check the path and permissions") from None
+            raise UnusableVideo(REASON_MISSING, f"{uri}: cannot read the file ({exc.strerror}); check the path and permissions") from None
         if not stat.S_ISREG(st.st_mode):
-            raise _Unusable(REASON_MISSING, f"{uri}: not a regular file; list video files, not directories or devices")
+            raise UnusableVideo(REASON_MISSING, f"{uri}: not a regular file; list video files, not directories or devices")
         _require_bytes(uri, st.st_size)
         yield path, st.st_size
         return
     try:
         info = filesystem.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
-            raise _Unusable(REASON_MISSING, f"{uri}: no such object; check the URI")
+            raise UnusableVideo(REASON_MISSING, f"{uri}: no such object; check the URI")
         if info.type != pafs.FileType.File:
-            raise _Unusable(REASON_MISSING, f"{uri}: not a file (a prefix or directory?); list video objects")
+            raise UnusableVideo(REASON_MISSING, f"{uri}: not a file (a prefix or directory?); list video objects")
         _require_bytes(uri, info.size)
         suffix = os.path.splitext(path)[1]
         with tempfile.NamedTemporaryFile(suffix=suffix, prefix="semidff-probe-") as local:
@@ -208,18 +208,18 @@ def _local_copy(uri: str, path: str, filesystem: Optional[pafs.FileSystem]) -> I
             local.flush()
             yield local.name, info.size
     except OSError as exc:  # pyarrow raises OSError for network, permission and credential failures
-        raise _Unusable(REASON_READ_ERROR, f"{uri}: could not read it from storage ({exc}); check credentials and retry with --retry-failed") from None
+        raise UnusableVideo(REASON_READ_ERROR, f"{uri}: could not read it from storage ({exc}); check credentials and retry with --retry-failed") from None
 
 
 def _require_bytes(uri: str, size: int) -> None:
     if size == 0:
-        raise _Unusable(REASON_EMPTY, f"{uri}: zero-byte file; the copy or download did not finish, fetch it again", size_bytes=0)
+        raise UnusableVideo(REASON_EMPTY, f"{uri}: zero-byte file; the copy or download did not finish, fetch it again", size_bytes=0)
 
 
 def _require_complete(uri: str, local_path: str, size: int) -> None:
     declared = declared_size(local_path)
     if declared is not None and declared > size:
-        raise _Unusable(
+        raise UnusableVideo(
             REASON_TRUNCATED,
             f"{uri}: the file has {size} bytes but its container says {declared}: it was cut short while copying or downloading, fetch it again",
         )
@@ -304,26 +304,26 @@ def _inspect(uri: str, local_path: str) -> dict:
     try:
         reader = decord.VideoReader(local_path, ctx=decord.cpu(0), num_threads=1)
     except AssertionError:  # decord asserts a positive frame count after opening
-        raise _Unusable(REASON_NO_FRAMES, f"{uri}: the video stream has 0 frames; the file holds no usable video") from None
+        raise UnusableVideo(REASON_NO_FRAMES, f"{uri}: the video stream has 0 frames; the file holds no usable video") from None
     except Exception as exc:
-        raise _open_failure(uri, exc) from None
+        raise open_failure(uri, exc) from None
     num_frames = len(reader)
     # The last frame first: on a file cut inside its last packets it always fails, while decord's
     # decoder thread may report that packet's error from any earlier read, frame 0 included.
     try:
         height, width = reader.get_batch([num_frames - 1]).shape[1:3]
     except Exception as exc:
-        raise _Unusable(
+        raise UnusableVideo(
             REASON_DAMAGED,
-            f"{uri}: the container lists {num_frames} frames but the last one does not decode ({_decord_detail(exc)}); "
+            f"{uri}: the container lists {num_frames} frames but the last one does not decode ({decord_detail(exc)}); "
             "the file is damaged, fetch it again",
         ) from None
     if num_frames > 1:
         try:
             reader.get_batch([0])
         except Exception as exc:
-            raise _Unusable(
-                REASON_NO_FRAMES, f"{uri}: the first frame does not decode ({_decord_detail(exc)}); the file is damaged, fetch it again"
+            raise UnusableVideo(
+                REASON_NO_FRAMES, f"{uri}: the first frame does not decode ({decord_detail(exc)}); the file is damaged, fetch it again"
             ) from None
     fps, duration_s, variable = _timing(reader, num_frames)
     return dict(
@@ -353,34 +353,34 @@ def _timing(reader, num_frames: int) -> tuple[Optional[float], Optional[float], 
     return round(num_frames / duration, 3), round(duration, 3), variable
 
 
-def _decord_detail(exc: BaseException) -> str:
+def decord_detail(exc: BaseException) -> str:
     """decord's message without its '[time] /path/to/file.cc:line:' prefix, on one line."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     text = re.sub(r"^(\[[\d:]+\]\s+\S+?:\d+:\s*)+", "", text)  # nested when rethrown from decord's decoder thread
     return text[:200]
 
 
-def _open_failure(uri: str, exc: Exception) -> _Unusable:
+def open_failure(uri: str, exc: Exception) -> UnusableVideo:
     """Turn decord's exception when opening a file into a reason and a message."""
-    detail = _decord_detail(exc)
+    detail = decord_detail(exc)
     code_match = re.search(r"\((-?\d+) vs\. 0\)", str(exc))
     code = int(code_match.group(1)) if code_match else None
     if code == _AVERROR_STREAM_NOT_FOUND:
-        return _Unusable(REASON_NO_VIDEO, f"{uri}: no video stream (audio only?); leave it out of the inputs")
+        return UnusableVideo(REASON_NO_VIDEO, f"{uri}: no video stream (audio only?); leave it out of the inputs")
     if code == _AVERROR_DECODER_NOT_FOUND or "Cannot create buffer source" in detail:
-        return _Unusable(
+        return UnusableVideo(
             REASON_UNDECODABLE,
             f"{uri}: the video stream cannot be decoded (unsupported codec, or a header damaged by truncation: {detail}); re-encode it to H.264 or fetch it again",
         )
     if "broken metadata" in detail:  # decord needs a duration or frame count from the container
-        return _Unusable(
+        return UnusableVideo(
             REASON_CANNOT_OPEN,
             f"{uri}: decord cannot count its frames, the container declares no duration (a live recording?); remux it, e.g. ffmpeg -i IN -c copy OUT.mp4",
         )
     if "av_read_frame failed" in detail:
-        return _Unusable(REASON_DAMAGED, f"{uri}: reading the packets failed part way ({detail}); the file is damaged or truncated, fetch it again")
+        return UnusableVideo(REASON_DAMAGED, f"{uri}: reading the packets failed part way ({detail}); the file is damaged or truncated, fetch it again")
     if isinstance(exc, RuntimeError) and detail.startswith("Error reading"):  # decord got no reader: FFmpeg could not open it
-        return _Unusable(
+        return UnusableVideo(
             REASON_CANNOT_OPEN, f"{uri}: FFmpeg cannot open it as a media file (damaged, cut before its index, or not a video); fetch it again or leave it out"
         )
-    return _Unusable(REASON_CANNOT_OPEN, f"{uri}: decord could not open it ({detail}); the file is damaged or in an unsupported container")
+    return UnusableVideo(REASON_CANNOT_OPEN, f"{uri}: decord could not open it ({detail}); the file is damaged or in an unsupported container")
