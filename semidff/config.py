@@ -123,6 +123,148 @@ class VideoConfig(_Section):
     )
 
 
+class RayConfig(_Section):
+    address: Optional[str] = Field(None, description="Ray cluster address; None: $RAY_ADDRESS if set, else a local Ray started for the run")
+    num_cpus: Optional[int] = Field(None, ge=1, description="CPUs of the local Ray (ignored when joining a cluster); None: all")
+
+
+class MLflowConfig(_Section):
+    tracking_uri: Optional[str] = Field(
+        None, description="MLflow tracking URI; None: sqlite:///<output dir>/mlflow.db (a server http://... for multi-node runs)"
+    )
+    experiment: str = Field("semidff", min_length=1)
+    registered_model: Optional[str] = Field("semidff-flow", description="model name the final flow checkpoint is registered under; None: not registered")
+
+
+class ClipsConfig(_Section):
+    """Which (key, current) frames are taken from each unlabeled video (pipelines/clips.py)."""
+
+    key_frames_per_second: Optional[float] = Field(1.0, gt=0.0, le=240.0, description="key frames per second of video (or use key_frames_per_video)")
+    key_frames_per_video: Optional[int] = Field(None, ge=1, description="a fixed count of key frames per video instead of a rate")
+    currents_per_key: int = Field(1, ge=1, le=64, description="m: current frames per key frame")
+    offset_range: tuple[int, int] = Field(
+        (0, 9), description="[lo, hi] inclusive: current = key + d; [0, 9] covers both the regression [1, 9] and semantic [0, 9] steps at key_interval 10"
+    )
+    seed: int = Field(0, ge=0)
+    align_to_codec_keyframes: bool = Field(False, description="put key frames on the codec's keyframes (far cheaper to decode on long-GOP video)")
+    chunk_frames: int = Field(16, ge=1, le=1024, description="full-size frames decoded per read (memory per task)")
+    videos_per_task: Optional[int] = Field(None, ge=1, description="videos per decode task; None: 1, or more when the corpus is very large")
+    num_cpus: float = Field(1.0, gt=0.0, le=64.0, description="CPUs per decode task")
+    max_concurrent_tasks: Optional[int] = Field(None, ge=1, description="cap on decode tasks in flight (leave CPUs to the teacher actors)")
+    block_bytes: int = Field(16 << 20, ge=1 << 20, description="target Ray Data block size in bytes")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ClipsConfig":
+        lo, hi = self.offset_range
+        if lo < 0 or hi < lo:
+            raise ValueError(f"clips.offset_range={list(self.offset_range)} must be [lo, hi] with 0 <= lo <= hi")
+        if self.key_frames_per_video is not None and "key_frames_per_second" not in self.model_fields_set:
+            self.__dict__["key_frames_per_second"] = None  # a count per video replaces the default rate
+        if self.key_frames_per_second is not None and self.key_frames_per_video is not None:
+            raise ValueError("clips: set key_frames_per_second or key_frames_per_video, not both (set the other to null)")
+        if self.key_frames_per_second is None and self.key_frames_per_video is None:
+            raise ValueError("clips: set one of key_frames_per_second or key_frames_per_video")
+        return self
+
+
+class CacheConfig(_Section):
+    """The teacher cache (pipelines/teacher_cache.py): actor pool and storage format."""
+
+    feature_precision: Literal["fp32", "fp16", "int8"] = Field("fp16", description="features on disk; int8 keeps one fp32 scale per channel")
+    jpeg_quality: int = Field(90, ge=1, le=100, description="quality of the frames stored in the cache")
+    compression_level: int = Field(3, ge=1, le=22, description="zstd level of the Parquet columns")
+    clips_per_file: int = Field(64, ge=1, description="clips per Parquet file (a file is the unit of resume)")
+    num_actors: int = Field(1, ge=1, description="teacher actors in the pool")
+    batch_size: int = Field(4, ge=1, description="clips per teacher forward batch")
+    num_gpus_per_actor: Optional[float] = Field(None, ge=0.0, description="None: 1 when the cluster has GPUs, else 0 (CPU)")
+    num_cpus_per_actor: float = Field(1.0, gt=0.0, description="CPUs per teacher actor")
+
+
+class TeacherDataConfig(_Section):
+    """A labeled dataset for stage 1 and for evaluation."""
+
+    format: Literal["custom", "imagenet_vid", "imagenet_det", "youtube_bb"] = Field("custom")
+    path: Optional[str] = Field(None, description="custom: the JSON file; imagenet_*: the ILSVRC2015 root; youtube_bb: the CSV")
+    video_dir: Optional[str] = Field(None, description="youtube_bb only: the folder of downloaded videos")
+    split: str = Field("train", description="train/val (imagenet_vid: the image set list name is derived from it)")
+
+
+class TeacherTrainingConfig(_Section):
+    """Stage 1: supervised R-FCN training (Eq. 2-3) on Ray Train."""
+
+    data: TeacherDataConfig = Field(default_factory=TeacherDataConfig)
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(1, ge=1, description="images per worker per step")
+    base_lr: float = Field(0.00025, gt=0.0, description="SGD lr for reference_batch_size images; scaled linearly with the effective batch")
+    reference_batch_size: int = Field(1, ge=1)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0005, ge=0.0)
+    lr_decay_epochs: list[int] = Field(default_factory=list, description="epochs after which the lr is multiplied by 0.1")
+    warmup_steps: int = Field(0, ge=0)
+    horizontal_flip: bool = True
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP)")
+    use_gpu: Optional[bool] = Field(None, description="None: when the cluster has GPUs")
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    checkpoint_every_steps: int = Field(200, ge=1)
+
+
+class JointWeightsConfig(_Section):
+    regression: float = Field(1.0, ge=0.0)
+    semantic: float = Field(1.0, ge=0.0)
+
+
+class FlowTrainingConfig(_Section):
+    """Stage 2: feature-flow learning from the teacher (paper §3.4) on Ray Train."""
+
+    schedule: Literal["two_step", "regression", "semantic", "joint"] = Field(
+        "two_step", description="two_step: step A regression then step B semantic (paper default); or one loss alone; or joint weights"
+    )
+    finetune: Literal["flow", "flow_heads", "flow_spatial"] = Field(
+        "flow_heads", description="what the semantic step trains (step A always trains the flow net only): flow, flow + task heads (paper default), flow + whole spatial module"
+    )
+    joint_weights: JointWeightsConfig = Field(default_factory=JointWeightsConfig)
+    teacher_source: Literal["cache", "on_the_fly"] = Field("cache", description="read teacher outputs from the cache, or run the frozen teacher in the workers")
+    optimizer: Literal["rmsprop", "sgd", "adam"] = Field("rmsprop")
+    lr: float = Field(5e-5, gt=0.0)
+    regression_epochs: int = Field(2, ge=0, description="epochs of step A (regression)")
+    semantic_epochs: int = Field(2, ge=0, description="epochs of step B (semantic)")
+    batch_size: int = Field(2, ge=1, description="clip pairs per worker per step")
+    num_workers: int = Field(1, ge=1)
+    use_gpu: Optional[bool] = Field(None, description="None: when the cluster has GPUs")
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    checkpoint_every_steps: int = Field(100, ge=1)
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of videos held out for the per-epoch validation")
+    max_failures: int = Field(1, ge=0, description="worker failures survived by restarting from the latest checkpoint")
+
+
+class TuneSchedulerConfig(_Section):
+    kind: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
+class TuneConfig(_Section):
+    """Ray Tune sweeps over any config keys (jobs/tune.py)."""
+
+    search_space: dict[str, dict[str, list[Any]]] = Field(
+        default_factory=dict,
+        description="dotted key -> {grid: [...]} | {choice: [...]} | {uniform: [lo, hi]} | {loguniform: [lo, hi]}",
+    )
+    num_samples: int = Field(1, ge=1)
+    max_concurrent_trials: int = Field(2, ge=1)
+    metric: str = Field("val/regression_error_vs_copy")
+    mode: Literal["min", "max"] = "min"
+    scheduler: TuneSchedulerConfig = Field(default_factory=TuneSchedulerConfig)
+    cpus_per_trial: float = Field(0.1, gt=0.0)
+
+
+class EvaluationConfig(_Section):
+    data: TeacherDataConfig = Field(default_factory=lambda: TeacherDataConfig(split="val"))
+    modes: list[Literal["frame", "copy", "flow"]] = Field(default_factory=lambda: ["frame", "copy", "flow"], min_length=1)
+    key_intervals: list[int] = Field(default_factory=lambda: [1, 5, 10, 20], min_length=1)
+    relaxed_small_objects: bool = Field(True, description="ImageNet VID per-GT threshold relaxation; false: plain IoU 0.5")
+
+
 class Config(_Section):
     """The whole resolved configuration of a semidff run."""
 
@@ -132,6 +274,14 @@ class Config(_Section):
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     video: VideoConfig = Field(default_factory=VideoConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    mlflow: MLflowConfig = Field(default_factory=MLflowConfig)
+    clips: ClipsConfig = Field(default_factory=ClipsConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    teacher_training: TeacherTrainingConfig = Field(default_factory=TeacherTrainingConfig)
+    training: FlowTrainingConfig = Field(default_factory=FlowTrainingConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     def to_yaml(self) -> str:
         """The resolved config as YAML, in the same shape :func:`load_config` reads."""

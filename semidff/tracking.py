@@ -1,0 +1,133 @@
+"""MLflow for every stage: one run per stage, its inputs logged by digest, its outputs traceable.
+
+    with stage_run(cfg, "cache", output_dir=out) as run:
+        log_input_dataset("manifest", source=manifest_dir, digest=digest, context="videos")
+        ...
+        record_output(out, run.info.run_id, stage="cache", tracking_uri=tracking_uri_for(cfg, out))
+
+Embedded default: with no ``mlflow.tracking_uri`` in the config, runs go to
+``sqlite:///<output dir>/mlflow.db``. A stage marks its output folder with the run that produced
+it (:data:`OUTPUT_RUN_FILE`), and the next stage that reads that folder tags its own run with the
+producer's run id (``semidff.input.<name>.run_id``); ``semidff lineage`` follows these tags back.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from semidff.config import Config
+
+OUTPUT_RUN_FILE = "_semidff_run.json"
+STAGE_TAG = "semidff.stage"
+OUTPUT_TAG = "semidff.output"
+INPUT_TAG_PREFIX = "semidff.input."
+
+
+def tracking_uri_for(cfg: Config, output_dir: str | Path) -> str:
+    """The configured tracking URI, or a SQLite file in the output folder."""
+    if cfg.mlflow.tracking_uri:
+        return cfg.mlflow.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    path = Path(output_dir).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path / 'mlflow.db'}"
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """Nested config dict -> {"model.backbone.depth": "101", ...} (MLflow params are strings)."""
+    if isinstance(data, dict):
+        out: dict[str, str] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    value = json.dumps(data) if isinstance(data, (list, tuple)) else str(data)
+    return {prefix.rstrip("."): value[:6000]}
+
+
+@contextlib.contextmanager
+def stage_run(
+    cfg: Config,
+    stage: str,
+    output_dir: str | Path,
+    run_name: Optional[str] = None,
+    parent_run_id: Optional[str] = None,
+    tags: Optional[dict[str, str]] = None,
+    log_params: bool = True,
+) -> Iterator[Any]:
+    """Start an MLflow run for one stage: config as params and as ``config.yaml``, stage tags.
+
+    parent_run_id: nest this run under another (a Tune sweep's parent run).
+    Yields the active ``mlflow.ActiveRun``; the run ends FAILED if the block raises.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri_for(cfg, output_dir))
+    mlflow.set_experiment(cfg.mlflow.experiment)
+    all_tags = {STAGE_TAG: stage, OUTPUT_TAG: str(output_dir)} | dict(tags or {})
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    with mlflow.start_run(run_name=run_name or stage, tags=all_tags) as run:
+        if log_params:
+            params = flatten(cfg.model_dump(mode="json"))
+            items = list(params.items())
+            for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+                mlflow.log_params(dict(items[start : start + 100]))
+        mlflow.log_text(cfg.to_yaml(), "config.yaml")
+        yield run
+
+
+def log_input_dataset(
+    name: str,
+    source: str | Path,
+    digest: str,
+    context: str,
+    producer_run_id: Optional[str] = None,
+    schema: Optional[dict[str, str]] = None,
+) -> None:
+    """Log a stage input (a folder or file on disk or object storage) as an MLflow dataset by digest.
+
+    producer_run_id: the run that wrote this input; recorded as tag ``semidff.input.<name>.run_id``.
+    """
+    import mlflow
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types import ColSpec, Schema
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    source = str(source)
+    location = source if "://" in source and not source.startswith("file://") else str(Path(source.removeprefix("file://")).resolve())
+    with warnings.catch_warnings():  # MLflow registers the local source twice and warns about it
+        warnings.simplefilter("ignore", UserWarning)
+        dataset_source = resolve_dataset_source(location)  # local path, s3://, gs://, http(s):// ...
+    mlflow_schema = Schema([ColSpec(dtype, column) for column, dtype in schema.items()]) if schema else None
+    dataset = MetaDataset(source=dataset_source, name=name, digest=digest[:36], schema=mlflow_schema)
+    mlflow.log_input(dataset, context=context)
+    mlflow.set_tag(f"{INPUT_TAG_PREFIX}{name}.digest", digest)
+    mlflow.set_tag(f"{INPUT_TAG_PREFIX}{name}.source", source)
+    if producer_run_id:
+        mlflow.set_tag(f"{INPUT_TAG_PREFIX}{name}.run_id", producer_run_id)
+
+
+def record_output(output_dir: str | Path, run_id: str, stage: str, tracking_uri: str) -> None:
+    """Mark an output folder with the run that produced it (read back by :func:`producing_run`)."""
+    path = Path(output_dir) / OUTPUT_RUN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"run_id": run_id, "stage": stage, "tracking_uri": tracking_uri}, indent=2))
+    os.replace(temporary, path)
+
+
+def producing_run(input_dir: str | Path) -> Optional[dict[str, str]]:
+    """{"run_id", "stage", "tracking_uri"} of the run that wrote a folder, or None if unknown."""
+    path = Path(input_dir) / OUTPUT_RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
