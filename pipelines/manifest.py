@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import logging
 import os
 import posixpath
 import re
@@ -48,6 +47,7 @@ import pyarrow.parquet as pq
 import ray
 
 from pipelines.parquet_io import write_parquet_atomically
+from pipelines.ray_session import ray_session
 from semidff.video.probe import REASON_CRASHED, STATUS_ERROR, STATUS_OK, VideoInfo, is_local, normalize_uri, probe_video, video_id_for
 
 VIDEO_EXTENSIONS = frozenset(
@@ -302,24 +302,6 @@ def _crashed_row(uri: str, exc: Exception) -> dict:
     return VideoInfo.failed(video_id_for(uri), uri, REASON_CRASHED, message).to_row()
 
 
-@contextlib.contextmanager
-def _ray_running(num_cpus: Optional[int], address: Optional[str]) -> Iterator[None]:
-    """Use the Ray already initialised; else connect to ``address`` (or $RAY_ADDRESS), else start a
-    private local Ray with ``num_cpus`` CPUs. What this starts or connects, it shuts down."""
-    if ray.is_initialized():
-        yield
-        return
-    quiet = dict(log_to_driver=False, logging_level=logging.WARNING)  # every outcome is in the manifest
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address, **quiet)
-    else:  # "local": never attach to some other `ray start` on this machine
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **quiet)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 # ---------------------------------------------------------------------------------------------
 # The manifest files
 
@@ -400,7 +382,7 @@ def build_manifest(
     parts = _PartFiles(filesystem, f"{base}/{PARTS_DIR}", flush_every)
     probed_failed = 0
     if todo:
-        with _ray_running(num_cpus, address):
+        with ray_session(num_cpus, address):
             probed_failed = _probe_and_record(todo, rows, parts, cpus_per_task, progress_every, progress)
 
     _write_atomically(sorted(rows.values(), key=lambda r: r["uri"]), filesystem, f"{base}/{MANIFEST_FILE}")
