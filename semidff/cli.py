@@ -117,6 +117,33 @@ def data_check(
     typer.echo(f"ok: {len(dataset.videos)} videos, {dataset.num_objects()} annotations, {dataset.num_classes()} classes")
 
 
+@app.command("detect")
+def detect(
+    video: str = typer.Argument(..., help="a video file (any container decord reads: mp4, mkv, webm, avi, ...)"),
+    teacher: Path = typer.Option(..., "--teacher", help="teacher checkpoint (semidff train-teacher writes teacher.pt)"),
+    out: Path = typer.Option(..., "--out", "-o", help="annotated video to write (.mp4, .mkv, .webm or .avi)"),
+    flow: Optional[Path] = typer.Option(None, "--flow", help="flow checkpoint (semidff train writes flow.pt); needed for mode flow"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="frame | copy | flow (default: flow with --flow, else frame)"),
+    key_interval: int = typer.Option(10, "--key-interval", min=1, help="ΔT: the teacher runs on every ΔT-th frame"),
+    score_threshold: float = typer.Option(0.5, "--score-threshold", min=0.0, max=1.0, help="draw detections scoring at least this"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+) -> None:
+    """Detect objects in VIDEO and write it with boxes, class names, scores, key/propagated frames marked and frames/s."""
+    from jobs.detect import run as run_detect
+    from semidff.checkpoint import ModelCheckpointError
+    from semidff.video.decode import VideoOpenError
+
+    try:
+        summary = run_detect(
+            video, str(teacher), str(out), str(flow) if flow else None, mode, key_interval, score_threshold, device,
+            progress=lambda line: typer.echo(line, err=True),
+        )
+    except (ModelCheckpointError, ConfigError, VideoOpenError, ValueError, RuntimeError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(summary.format())
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="semidff")

@@ -148,22 +148,32 @@ class VideoDetector:
         self, frames: Iterable[np.ndarray | torch.Tensor], short_side: int = 600, max_long_side: int = 1000
     ) -> tuple[list[FrameResult], VideoTiming]:
         """Detect every frame of one video. frames: decoded (H, W, 3) uint8 RGB frames, in order."""
-        self.reset()
-        results: list[FrameResult] = []
         timing = VideoTiming()
+        results = [result for _, result in self.stream(frames, timing, short_side, max_long_side)]
+        return results, timing
+
+    def stream(
+        self,
+        frames: Iterable[np.ndarray | torch.Tensor],
+        timing: VideoTiming,
+        short_side: int = 600,
+        max_long_side: int = 1000,
+    ) -> Iterator[tuple[np.ndarray | torch.Tensor, FrameResult]]:
+        """Like :meth:`run`, one (frame, result) at a time, so a long video never sits in memory;
+        ``timing`` is updated as frames go by."""
+        self.reset()
         iterator: Iterator = iter(frames)
         while True:
             start = time.perf_counter()
             try:
                 frame = next(iterator)
             except StopIteration:
-                break
+                return
             decoded = time.perf_counter()
             images, scale = preprocess_frames(torch.as_tensor(frame)[None], short_side, max_long_side)
             timing.decode_seconds += decoded - start
             timing.preprocess_seconds += time.perf_counter() - decoded
             result = self.detect_frame(images, scale)
-            results.append(result)
             timing.frames += 1
             timing.compute_seconds += result.compute_seconds
             if result.is_key:
@@ -171,4 +181,4 @@ class VideoDetector:
                 timing.key_compute_seconds.append(result.compute_seconds)
             else:
                 timing.other_compute_seconds.append(result.compute_seconds)
-        return results, timing
+            yield frame, result

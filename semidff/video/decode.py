@@ -163,6 +163,20 @@ class OpenedVideo:
             for index in [i for i in frames if i < first_needed[done]]:
                 del frames[index]
 
+    def iter_frames(self, chunk_frames: int = 16) -> Iterator[np.ndarray]:
+        """Every frame in display order, (H, W, 3) uint8 RGB at full size, read ``chunk_frames`` at a
+        time (sequential reads: each codec frame is decoded once)."""
+        for start in range(0, self.num_frames, chunk_frames):
+            chunk = list(range(start, min(start + chunk_frames, self.num_frames)))
+            try:
+                batch = self._read(chunk)
+            except Exception as exc:
+                raise VideoOpenError(
+                    REASON_DECODE_FAILED,
+                    f"{self.uri}: frames {chunk[0]}-{chunk[-1]} did not decode ({decord_detail(exc)}); the file is damaged from about there on",
+                ) from None
+            yield from batch
+
     def _read(self, indices: list[int]) -> np.ndarray:
         """(N, H, W, 3) uint8 frames; a failed read is tried once more on a freshly opened reader,
         because decord's decoder thread works ahead and may report a later packet's error early."""
