@@ -7,10 +7,14 @@
     summary = summarize_clips(ds, progress=print)   # or ClipsSummary().add(batch) while consuming
     print(summary.format()); write_clip_failures(summary, "runs/clips/failures.parquet")
 
+    ds = clip_dataset_from_config("runs/manifest", cfg)    # the same, every argument from cfg.clips + cfg.preprocess
+    print(report_clip_plan("runs/manifest", cfg).format())  # `semidff clips`: clips and decode cost, nothing decoded
+
 One Ray task per video (``videos_per_task`` to group small ones) opens each file once, reads the
 codec keyframes from its index, plans the clips (:func:`semidff.video.clip_plan.plan_clips`, seeded
 per video, so the plan does not depend on the task layout) and decodes only the frames they need
-(:mod:`semidff.video.decode`). Each clip becomes one row (:data:`CLIP_SCHEMA`): ids, frame indices,
+(:mod:`semidff.video.decode`: PyAV decodes selectively, decord is the reference and the fallback). Each
+clip becomes one row (:data:`CLIP_SCHEMA`): ids, frame indices,
 the resized frames as raw uint8 bytes with their height and width (plain binary columns: a
 variable size per video, no tensor extension type, zero-copy back to numpy), and ``status``. A
 clip whose frames do not decode is a row with ``status="error"``, a ``reason`` and an ``error``; a
@@ -37,7 +41,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -47,8 +51,11 @@ import ray
 from pipelines.manifest import MANIFEST_FILE, read_manifest_rows
 from pipelines.parquet_io import write_parquet_atomically
 from semidff.video.clip_plan import REGRESSION_OFFSETS, ClipSpec, plan_clips
-from semidff.video.decode import ClipFailure, ClipFrames, ClipResult, VideoOpenError, open_video
+from semidff.video.decode import DECODER_AUTO, DECODERS, ClipFailure, ClipFrames, ClipResult, VideoOpenError, open_video
 from semidff.video.probe import STATUS_ERROR, STATUS_OK, VideoInfo, is_local, normalize_uri
+
+if TYPE_CHECKING:
+    from semidff.config import Config
 
 REASON_CANNOT_PLAN = "cannot plan"  # e.g. no frame rate for key_frames_per_second
 MAX_TASKS = 10_000  # default cap on tasks (input blocks) of a run: above it, videos are grouped
@@ -92,6 +99,7 @@ def clip_dataset(
     num_cpus: float = 1.0,
     max_concurrent_tasks: Optional[int] = None,
     block_bytes: int = 16 << 20,
+    decoder: str = DECODER_AUTO,
 ) -> "ray.data.Dataset":
     """A lazy dataset with one row per planned clip (:data:`CLIP_SCHEMA`) of the usable videos.
 
@@ -107,7 +115,10 @@ def clip_dataset(
         (default: as many as there are CPUs), to leave CPUs to a downstream stage on the same nodes.
     block_bytes: the target size of the output blocks (set on this dataset's context; datasets
         derived from it share it).
+    decoder: "auto" (PyAV's selective decoding where its frame index agrees with the manifest's
+        frame count, else decord), "pyav" or "decord" (see :mod:`semidff.video.decode`).
     Uses the running Ray; Ray Data starts a local one when there is none.
+    With a config, :func:`clip_dataset_from_config` fills every argument.
     """
     plan_args = dict(
         key_frames_per_second=key_frames_per_second,
@@ -124,13 +135,17 @@ def clip_dataset(
             raise ValueError(f"{name}={value}: must be >= 1")
     if videos_per_task is not None and videos_per_task < 1:
         raise ValueError(f"videos_per_task={videos_per_task}: must be >= 1")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder={decoder!r}: expected one of {', '.join(DECODERS)}")
 
     items = _usable_videos(videos)
     videos_per_task = videos_per_task or max(1, math.ceil(len(items) / MAX_TASKS))
     dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / videos_per_task)))
     compute = ray.data.TaskPoolStrategy(size=max_concurrent_tasks) if max_concurrent_tasks else None
     clips = dataset.map_batches(
-        partial(_clip_tables, plan_args=plan_args, short_side=short_side, max_long_side=max_long_side, chunk_frames=chunk_frames),
+        partial(
+            _clip_tables, plan_args=plan_args, short_side=short_side, max_long_side=max_long_side, chunk_frames=chunk_frames, decoder=decoder
+        ),
         batch_size=None,  # a whole block: the videos_per_task videos of one task
         batch_format="pyarrow",
         num_cpus=num_cpus,
@@ -140,20 +155,51 @@ def clip_dataset(
     return clips
 
 
-def _usable_videos(videos: Union[str, Sequence[Any]]) -> list[dict]:
-    """The fields the tasks need, of the status-"ok" videos, sorted by URI."""
+PLAN_KEYS = ("key_frames_per_second", "key_frames_per_video", "currents_per_key", "offset_range", "seed", "align_to_codec_keyframes")
+"""The ``clips`` config keys that make the plan (:func:`semidff.video.clip_plan.plan_clips`); the others say how it runs."""
+
+
+def clip_dataset_arguments(cfg: "Config") -> dict:
+    """The :func:`clip_dataset` keyword arguments of a config: the ``clips`` section and the
+    ``preprocess`` resize. The one place where config keys become clip-stage arguments."""
+    clips = cfg.clips
+    return dict(
+        **{name: getattr(clips, name) for name in PLAN_KEYS},
+        short_side=cfg.preprocess.short_side,
+        max_long_side=cfg.preprocess.max_long_side,
+        chunk_frames=clips.chunk_frames,
+        videos_per_task=clips.videos_per_task,
+        num_cpus=clips.num_cpus,
+        max_concurrent_tasks=clips.max_concurrent_tasks,
+        block_bytes=clips.block_bytes,
+        decoder=clips.decoder,
+    )
+
+
+def clip_dataset_from_config(videos: Union[str, Sequence[Any]], cfg: "Config") -> "ray.data.Dataset":
+    """:func:`clip_dataset` of ``videos`` (a manifest directory or rows) as ``cfg`` says (see
+    :func:`clip_dataset_arguments`)."""
+    return clip_dataset(videos, **clip_dataset_arguments(cfg))
+
+
+def _manifest_rows(videos: Union[str, Sequence[Any]]) -> list[dict]:
+    """Every manifest row (dicts) of a manifest directory, its manifest.parquet, or given rows / VideoInfo objects."""
     if isinstance(videos, str):
         directory = videos[: -len(MANIFEST_FILE)].rstrip("/") if videos.endswith("/" + MANIFEST_FILE) else videos
-        rows = read_manifest_rows(directory).values()
+        rows = list(read_manifest_rows(directory).values())
         if not rows:
             raise ValueError(f"{videos}: no {MANIFEST_FILE} there; build it first (semidff manifest VIDEOS -o {directory})")
-    else:
-        rows = videos
-    items = []
-    for row in rows:
-        row = row.to_row() if isinstance(row, VideoInfo) else dict(row)
-        if row.get("status", STATUS_OK) == STATUS_OK:
-            items.append({name: row[name] for name in ("video_id", "uri", "num_frames", "fps")})
+        return rows
+    return [row.to_row() if isinstance(row, VideoInfo) else dict(row) for row in videos]
+
+
+def _usable_videos(videos: Union[str, Sequence[Any]]) -> list[dict]:
+    """The fields the tasks need, of the status-"ok" videos, sorted by URI."""
+    items = [
+        {name: row[name] for name in ("video_id", "uri", "num_frames", "fps")}
+        for row in _manifest_rows(videos)
+        if row.get("status", STATUS_OK) == STATUS_OK
+    ]
     return sorted(items, key=lambda item: item["uri"])
 
 
@@ -168,10 +214,12 @@ def _clip_tables(videos: pa.Table, **video_args) -> Iterator[pa.Table]:
             yield pa.Table.from_pylist([row], schema=CLIP_SCHEMA)
 
 
-def _clip_rows_of_video(video: dict, *, plan_args: dict, short_side: int, max_long_side: int, chunk_frames: int) -> Iterator[dict]:
+def _clip_rows_of_video(
+    video: dict, *, plan_args: dict, short_side: int, max_long_side: int, chunk_frames: int, decoder: str
+) -> Iterator[dict]:
     """The rows of one video's clips."""
     try:
-        with open_video(video["uri"]) as opened:
+        with open_video(video["uri"], decoder=decoder, num_frames=video["num_frames"]) as opened:
             try:
                 clips = plan_clips(video, codec_keyframes=opened.keyframe_indices(), **plan_args)
             except ValueError as exc:
@@ -315,3 +363,150 @@ def write_clip_failures(summary: ClipsSummary, path: str) -> str:
     filesystem.create_dir(posixpath.dirname(target), recursive=True)
     write_parquet_atomically(pa.Table.from_pylist(summary.failed_rows, schema=FAILURE_SCHEMA), filesystem, target)
     return target if is_local(path) else path
+
+
+# ---------------------------------------------------------------------------------------------
+# The plan before any decoding (`semidff clips`)
+
+
+@dataclass
+class PlanCost:
+    """One way of placing the key frames, over the planned videos."""
+
+    clips: int = 0
+    frames_decoded: int = 0  # frames the codec forces the decoder to touch (clip_plan.frames_decoded_for), summed over videos
+    frames_kept: int = 0  # distinct frames the clips deliver
+    videos_without_clips: int = 0
+    examples_without_clips: list[tuple[str, int]] = field(default_factory=list)  # (uri, num_frames), the first by URI
+
+    @property
+    def frames_decoded_per_clip(self) -> float:
+        return self.frames_decoded / self.clips if self.clips else 0.0
+
+
+@dataclass
+class ClipPlanReport:
+    """What the configured clip plan asks of a manifest's videos, with keys as planned and with keys
+    on codec keyframes, from the containers' indices (no frame decoded)."""
+
+    source: str
+    manifest_videos: int  # rows, failed ones included
+    left_out: int  # rows whose probe failed (status "error")
+    videos: int  # usable rows that were opened and planned
+    total_frames: int  # frames of the planned videos
+    plan: dict  # the plan_clips arguments of the config
+    as_planned: PlanCost = field(default_factory=PlanCost)
+    on_keyframes: PlanCost = field(default_factory=PlanCost)
+    unplanned: Counter = field(default_factory=Counter)  # reason -> usable videos that could not be opened or planned now
+    unplanned_examples: dict[str, str] = field(default_factory=dict)  # reason -> one message
+    seconds: float = 0.0
+
+    def format(self) -> str:
+        plan = self.plan
+        rate = (
+            f"{plan['key_frames_per_video']} key frames per video"
+            if plan["key_frames_per_video"] is not None
+            else f"{plan['key_frames_per_second']:g} key frames per second"
+        )
+        lo, hi = plan["offset_range"]
+        configured = "on codec keyframes" if plan["align_to_codec_keyframes"] else "as planned"
+        lines = [
+            f"clip plan of {self.source}: {self.videos} videos, {self.total_frames} frames"
+            + (f" ({self.left_out} more manifest rows failed probing and are left out)" if self.left_out else ""),
+            f"  plan: {rate}, {plan['currents_per_key']} current frame(s) per key at offsets d in [{lo}, {hi}], seed {plan['seed']}; "
+            f"the config places keys {configured} (clips.align_to_codec_keyframes={str(plan['align_to_codec_keyframes']).lower()})",
+            f"  {'key frames':<22} {'clips':>10} {'frames decoded':>15} {'per clip':>9} {'of all frames':>14} {'frames kept':>12}",
+        ]
+        for name, cost in (("as planned", self.as_planned), ("on codec keyframes", self.on_keyframes)):
+            share = 100.0 * cost.frames_decoded / self.total_frames if self.total_frames else 0.0
+            mark = " *" if name == configured else ""
+            lines.append(
+                f"  {name + mark:<22} {cost.clips:>10} {cost.frames_decoded:>15} {cost.frames_decoded_per_clip:>9.1f} {share:>13.1f}% {cost.frames_kept:>12}"
+            )
+        lines.append("  (* the configured plan; frames decoded: what the codec forces, from each GOP's keyframe to the frames kept)")
+        for name, cost in (("as planned", self.as_planned), ("on codec keyframes", self.on_keyframes)):
+            if cost.videos_without_clips:
+                shown = ", ".join(f"{uri} ({frames} frames)" for uri, frames in cost.examples_without_clips)
+                lines.append(f"  videos without clips, keys {name}: {cost.videos_without_clips} (too short for offset {lo}), e.g. {shown}")
+        if self.unplanned:
+            lines.append("  could not be planned now:")
+            lines += [f"    {count:>7}  {reason}  (e.g. {self.unplanned_examples[reason]})" for reason, count in self.unplanned.most_common()]
+        return "\n".join(lines)
+
+
+PLAN_COST_SCHEMA = pa.schema(
+    [("video_id", pa.string()), ("uri", pa.string()), ("num_frames", pa.int64())]
+    + [(f"{name}_{kind}", pa.int64()) for kind in ("as_planned", "on_keyframes") for name in ("clips", "decoded", "kept")]
+    + [("reason", pa.string()), ("error", pa.string())]
+)
+
+
+def report_clip_plan(videos: Union[str, Sequence[Any]], cfg: "Config", *, examples: int = 5) -> ClipPlanReport:
+    """Plan the clips of every usable video in ``videos`` (a manifest directory or rows) as ``cfg``
+    says, twice (keys as planned and on codec keyframes), and count clips and decoding cost.
+
+    Each video is opened by a Ray task to read its keyframe positions from the container's index
+    (a remote file is downloaded for that); nothing is decoded. Runs on ``cfg.ray`` (see
+    :func:`pipelines.ray_session.ray_session`).
+    """
+    from pipelines.ray_session import ray_session
+
+    start = time.perf_counter()
+    rows = _manifest_rows(videos)
+    items = _usable_videos(rows)
+    plan_args = {name: getattr(cfg.clips, name) for name in PLAN_KEYS}
+    plan_args["offset_range"] = tuple(plan_args["offset_range"])
+    source = videos if isinstance(videos, str) else f"{len(rows)} manifest rows"
+    report = ClipPlanReport(source=source, manifest_videos=len(rows), left_out=len(rows) - len(items), videos=0, total_frames=0, plan=plan_args)
+    if not items:
+        return report
+    with ray_session(cfg.ray.num_cpus, cfg.ray.address):
+        costs = ray.data.from_items(items, override_num_blocks=min(len(items), 256)).map_batches(
+            partial(_plan_costs, plan_args=plan_args, decoder=cfg.clips.decoder),
+            batch_size=None,
+            batch_format="pyarrow",
+            num_cpus=cfg.clips.num_cpus,
+        )
+        for batch in costs.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for row in batch.to_pylist():
+                if row["reason"]:
+                    report.unplanned[row["reason"]] += 1
+                    report.unplanned_examples.setdefault(row["reason"], row["error"])
+                    continue
+                report.videos += 1
+                report.total_frames += row["num_frames"]
+                for kind, cost in (("as_planned", report.as_planned), ("on_keyframes", report.on_keyframes)):
+                    cost.clips += row[f"clips_{kind}"]
+                    cost.frames_decoded += row[f"decoded_{kind}"]
+                    cost.frames_kept += row[f"kept_{kind}"]
+                    if row[f"clips_{kind}"] == 0:
+                        cost.videos_without_clips += 1
+                        cost.examples_without_clips.append((row["uri"], row["num_frames"]))
+    for cost in (report.as_planned, report.on_keyframes):
+        cost.examples_without_clips = sorted(cost.examples_without_clips)[:examples]
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _plan_costs(videos: pa.Table, *, plan_args: dict, decoder: str) -> pa.Table:
+    """Runs in a Ray task: one PLAN_COST_SCHEMA row per video (keyframes from its index, no decoding)."""
+    import decord.logging
+
+    decord.logging.set_level(decord.logging.QUIET)
+    rows = []
+    for video in videos.to_pylist():
+        row = dict(video_id=video["video_id"], uri=video["uri"], num_frames=video["num_frames"], reason="", error="")
+        try:
+            with open_video(video["uri"], decoder=decoder, num_frames=video["num_frames"]) as opened:
+                keyframes = opened.keyframe_indices()
+            for kind, aligned in (("as_planned", False), ("on_keyframes", True)):
+                clips = plan_clips(video, codec_keyframes=keyframes, **dict(plan_args, align_to_codec_keyframes=aligned))
+                row[f"clips_{kind}"] = len(clips)
+                row[f"decoded_{kind}"] = sum(clip.frames_decoded for clip in clips)
+                row[f"kept_{kind}"] = len({index for clip in clips for index in clip.frame_indices})
+        except VideoOpenError as exc:
+            row.update(reason=exc.reason, error=exc.message)
+        except ValueError as exc:
+            row.update(reason=REASON_CANNOT_PLAN, error=f"{video['uri']}: {exc}")
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=PLAN_COST_SCHEMA)

@@ -16,7 +16,8 @@ same code lists local and remote inputs, through pyarrow filesystems.
 
 Each video is probed by one Ray task (:func:`semidff.video.probe.probe_video`). A file that cannot
 be used becomes a row with ``status="error"``, a ``reason`` and an ``error`` message, never a
-crash. Rows are flushed to ``_manifest_parts/`` as they arrive and merged into ``manifest.parquet``
+crash; a probe that runs past ``probe_timeout_s`` (a decoder hung on its file) is killed and
+recorded with reason ``timeout``, so one file cannot stall the run. Rows are flushed to ``_manifest_parts/`` as they arrive and merged into ``manifest.parquet``
 at the end (temp file + rename), so a rerun on the same output, after a crash too, probes only the
 videos not recorded yet (``retry_failed=True`` probes the failed ones again). Rows of earlier runs
 stay in the manifest even when their files are not among the new inputs. Run one build per output
@@ -39,7 +40,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -48,13 +49,14 @@ import ray
 
 from pipelines.parquet_io import write_parquet_atomically
 from pipelines.ray_session import ray_session
-from semidff.video.probe import REASON_CRASHED, STATUS_ERROR, STATUS_OK, VideoInfo, is_local, normalize_uri, probe_video, video_id_for
+from semidff.video.probe import REASON_CRASHED, REASON_TIMEOUT, STATUS_ERROR, STATUS_OK, VideoInfo, is_local, normalize_uri, probe_video, video_id_for
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".flv", ".wmv", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".3gp", ".ogv"}
 )
 LIST_EXTENSIONS = frozenset({".txt", ".list"})
 MANIFEST_FILE = "manifest.parquet"
+DEFAULT_PROBE_TIMEOUT_S = 120.0  # a probe decodes two frames: seconds even for long-GOP 4K files; minutes means a hang
 PARTS_DIR = "_manifest_parts"
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -258,39 +260,75 @@ def _read_list(filesystem: pafs.FileSystem, path: str, to_uri: Callable[[str], s
 # Probing on Ray
 
 
-@ray.remote(num_cpus=1, max_retries=1)  # a retry covers a lost node; a file that kills decord twice is a row
-def _probe_task(uri: str) -> dict:
+_STARTED = "started"  # what a probe task yields first: its time limit counts from there, not from its submission
+
+
+@ray.remote(num_cpus=1, max_retries=1, num_returns="streaming")  # a retry covers a lost node; a file that kills decord twice is a row
+def _probe_task(uri: str) -> Iterator[Union[str, dict]]:
+    """Yields _STARTED as soon as it runs (a queued task is not a slow one), then the manifest row."""
+    yield _STARTED
     import decord.logging
 
     decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's own log lines; the outcome is in the row
-    return probe_video(uri).to_row()
+    yield probe_video(uri).to_row()
 
 
-def _probe_on_ray(uris: Sequence[str], cpus_per_task: float, max_in_flight: int) -> Iterator[dict]:
-    """Yield one manifest row per URI, in completion order, with at most ``max_in_flight`` tasks submitted."""
+def _probe_on_ray(uris: Sequence[str], cpus_per_task: float, max_in_flight: int, timeout_s: Optional[float] = None) -> Iterator[dict]:
+    """Yield one manifest row per URI, in completion order, with at most ``max_in_flight`` tasks submitted.
+
+    A probe still running ``timeout_s`` seconds after it started (a decoder that hangs on its file)
+    is cancelled with force (its worker process is killed: a thread stuck in C code cannot be
+    interrupted otherwise) and becomes a row with reason "timeout"."""
     remaining = iter(uris)
-    pending: dict[ray.ObjectRef, str] = {}
+    pending: dict[ray.ObjectRefGenerator, list] = {}  # task -> [uri, monotonic time it started or None while queued]
 
     def submit_next() -> None:
         uri = next(remaining, None)
         if uri is not None:
-            pending[_probe_task.options(num_cpus=cpus_per_task).remote(uri)] = uri
+            pending[_probe_task.options(num_cpus=cpus_per_task).remote(uri)] = [uri, None]
 
     try:
         for _ in range(max_in_flight):
             submit_next()
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            uri = pending.pop(ready[0])
-            try:
-                row = ray.get(ready[0])
-            except ray.exceptions.RayError as exc:  # the worker died (decoder crash) or the task raised
-                row = _crashed_row(uri, exc)
-            submit_next()
-            yield row
+            started = [since for _, since in pending.values() if since is not None]
+            wait_s = max(0.0, min(started) + timeout_s - time.monotonic()) if timeout_s is not None and started else None
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait_s)
+            for task in ready:
+                uri = pending[task][0]
+                try:
+                    item = ray.get(next(task))
+                except StopIteration:
+                    item = _crashed_row(uri, RuntimeError("the probe task ended without a row"))
+                except ray.exceptions.RayError as exc:  # the worker died (decoder crash) or the task raised
+                    item = _crashed_row(uri, exc)
+                if isinstance(item, str):  # _STARTED
+                    pending[task][1] = time.monotonic()
+                    continue
+                del pending[task]
+                submit_next()
+                yield item
+            if timeout_s is None:
+                continue
+            now = time.monotonic()
+            for task, (uri, since) in list(pending.items()):
+                if since is not None and now - since >= timeout_s:
+                    ray.cancel(task, force=True)
+                    del pending[task]
+                    submit_next()
+                    yield _timeout_row(uri, timeout_s)
     finally:
-        for ref in pending:  # interrupted: do not leave probes running on a shared cluster
-            ray.cancel(ref)
+        for task in pending:  # interrupted: do not leave probes running on a shared cluster
+            ray.cancel(task)
+
+
+def _timeout_row(uri: str, timeout_s: float) -> dict:
+    message = (
+        f"{uri}: probing took longer than {timeout_s:g} s and was stopped (the decoder may hang on this file); "
+        "rerun with --retry-failed and a larger --probe-timeout, or leave it out"
+    )
+    size = os.stat(uri).st_size if is_local(uri) and os.path.isfile(uri) else None
+    return VideoInfo.failed(video_id_for(uri), uri, REASON_TIMEOUT, message, size).to_row()
 
 
 def _crashed_row(uri: str, exc: Exception) -> dict:
@@ -358,6 +396,7 @@ def build_manifest(
     flush_every: int = 500,
     progress_every: int = 100,
     progress: Callable[[str], None] = lambda line: None,
+    probe_timeout_s: Optional[float] = DEFAULT_PROBE_TIMEOUT_S,
 ) -> ManifestSummary:
     """Probe every input video not yet in ``<output_dir>/manifest.parquet`` and rewrite it.
 
@@ -366,8 +405,12 @@ def build_manifest(
     retry_failed: probe again the videos recorded with status "error".
     flush_every: rows per part file written while probing (what a crash can lose at most).
     progress: called with a line every ``progress_every`` probed videos.
+    probe_timeout_s: seconds one probe may run (counted from when it starts, not while it waits
+        for a CPU) before it is killed and its video recorded with reason "timeout"; None: no limit.
     Raises ManifestError when an input matches nothing or the output holds an incompatible manifest.
     """
+    if probe_timeout_s is not None and not probe_timeout_s > 0:
+        raise ManifestError(f"probe timeout {probe_timeout_s!r} s: must be > 0 (or None for no limit)")
     start = time.perf_counter()
     uris = list_video_uris(inputs)
     filesystem, base = _output_location(output_dir)
@@ -383,7 +426,7 @@ def build_manifest(
     probed_failed = 0
     if todo:
         with ray_session(num_cpus, address):
-            probed_failed = _probe_and_record(todo, rows, parts, cpus_per_task, progress_every, progress)
+            probed_failed = _probe_and_record(todo, rows, parts, cpus_per_task, progress_every, progress, probe_timeout_s)
 
     _write_atomically(sorted(rows.values(), key=lambda r: r["uri"]), filesystem, f"{base}/{MANIFEST_FILE}")
     for part in old_parts + parts.written:
@@ -413,7 +456,13 @@ class _PartFiles:
 
 
 def _probe_and_record(
-    todo: Sequence[str], rows: dict[str, dict], parts: _PartFiles, cpus_per_task: float, progress_every: int, progress: Callable[[str], None]
+    todo: Sequence[str],
+    rows: dict[str, dict],
+    parts: _PartFiles,
+    cpus_per_task: float,
+    progress_every: int,
+    progress: Callable[[str], None],
+    probe_timeout_s: Optional[float] = DEFAULT_PROBE_TIMEOUT_S,
 ) -> int:
     """Probe ``todo`` on the running Ray into ``rows`` and ``parts``; returns how many failed."""
     cluster_cpus = ray.cluster_resources().get("CPU", 0.0)
@@ -423,7 +472,7 @@ def _probe_and_record(
     failed = 0
     start = time.perf_counter()
     try:
-        with contextlib.closing(_probe_on_ray(todo, cpus_per_task, max_in_flight)) as results:  # closing cancels what is left
+        with contextlib.closing(_probe_on_ray(todo, cpus_per_task, max_in_flight, probe_timeout_s)) as results:  # closing cancels what is left
             for done, row in enumerate(results, start=1):
                 rows[row["video_id"]] = row
                 parts.add(row)

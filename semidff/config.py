@@ -152,6 +152,9 @@ class ClipsConfig(_Section):
     num_cpus: float = Field(1.0, gt=0.0, le=64.0, description="CPUs per decode task")
     max_concurrent_tasks: Optional[int] = Field(None, ge=1, description="cap on decode tasks in flight (leave CPUs to the teacher actors)")
     block_bytes: int = Field(16 << 20, ge=1 << 20, description="target Ray Data block size in bytes")
+    decoder: Literal["auto", "pyav", "decord"] = Field(
+        "auto", description="auto: PyAV's selective decoding where its frame index matches decord's, else decord (the reference)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> "ClipsConfig":
@@ -206,6 +209,7 @@ class TeacherTrainingConfig(_Section):
     use_gpu: Optional[bool] = Field(None, description="None: when the cluster has GPUs")
     cpus_per_worker: float = Field(1.0, gt=0.0)
     checkpoint_every_steps: int = Field(200, ge=1)
+    max_failures: int = Field(1, ge=0, description="worker failures survived by restarting from the latest checkpoint")
 
 
 class JointWeightsConfig(_Section):
@@ -234,6 +238,9 @@ class FlowTrainingConfig(_Section):
     cpus_per_worker: float = Field(1.0, gt=0.0)
     checkpoint_every_steps: int = Field(100, ge=1)
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of videos held out for the per-epoch validation")
+    validation_max_videos: Optional[int] = Field(
+        10, ge=1, description="labeled videos of evaluation.data scored for the per-epoch val mAP (when evaluation.data.path is set); None: all"
+    )
     max_failures: int = Field(1, ge=0, description="worker failures survived by restarting from the latest checkpoint")
 
 
@@ -263,6 +270,15 @@ class EvaluationConfig(_Section):
     modes: list[Literal["frame", "copy", "flow"]] = Field(default_factory=lambda: ["frame", "copy", "flow"], min_length=1)
     key_intervals: list[int] = Field(default_factory=lambda: [1, 5, 10, 20], min_length=1)
     relaxed_small_objects: bool = Field(True, description="ImageNet VID per-GT threshold relaxation; false: plain IoU 0.5")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _val_split_by_default(cls, data: Any) -> Any:
+        # The default_factory above applies only when `data` is absent; a partly given section
+        # (evaluation.data.path=...) would otherwise take TeacherDataConfig's split "train".
+        if isinstance(data, dict) and isinstance(data.get("data"), dict) and "split" not in data["data"]:
+            data = {**data, "data": {**data["data"], "split": "val"}}
+        return data
 
 
 class Config(_Section):

@@ -66,19 +66,28 @@ def stage_run(
     """
     import mlflow
 
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; put the caller's value back after the
+    # run, or every later stage in this process would take this stage's store as its default.
+    user_uri = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri_for(cfg, output_dir))
-    mlflow.set_experiment(cfg.mlflow.experiment)
-    all_tags = {STAGE_TAG: stage, OUTPUT_TAG: str(output_dir)} | dict(tags or {})
-    if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
-    with mlflow.start_run(run_name=run_name or stage, tags=all_tags) as run:
-        if log_params:
-            params = flatten(cfg.model_dump(mode="json"))
-            items = list(params.items())
-            for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-                mlflow.log_params(dict(items[start : start + 100]))
-        mlflow.log_text(cfg.to_yaml(), "config.yaml")
-        yield run
+    try:
+        mlflow.set_experiment(cfg.mlflow.experiment)
+        all_tags = {STAGE_TAG: stage, OUTPUT_TAG: str(output_dir)} | dict(tags or {})
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        with mlflow.start_run(run_name=run_name or stage, tags=all_tags) as run:
+            if log_params:
+                params = flatten(cfg.model_dump(mode="json"))
+                items = list(params.items())
+                for start in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+                    mlflow.log_params(dict(items[start : start + 100]))
+            mlflow.log_text(cfg.to_yaml(), "config.yaml")
+            yield run
+    finally:
+        if user_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = user_uri
 
 
 def log_input_dataset(

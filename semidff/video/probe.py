@@ -59,6 +59,7 @@ REASON_DAMAGED = "damaged stream"
 REASON_NO_FRAMES = "no decodable frames"
 REASON_TRUNCATED = "truncated"  # shorter than its container's own size fields say
 REASON_CRASHED = "probe crashed"  # set by the pipeline when the probing process dies
+REASON_TIMEOUT = "timeout"  # set by the pipeline when a probe runs past its time limit (a hung decoder)
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"

@@ -1,12 +1,14 @@
 """The clip stage on a local Ray: every planned clip of the good videos comes out once with the
 right frames; a file damaged or removed after the manifest was built becomes failure rows and the
 run finishes."""
+import inspect
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from typer.testing import CliRunner
 
 from tests.video_fixtures import break_last_packet, pattern_frame, write_video  # PyAV before decord
 
@@ -14,16 +16,24 @@ import ray
 from pipelines.clips import (
     CLIP_SCHEMA,
     FAILURE_SCHEMA,
+    PLAN_KEYS,
     WHOLE_VIDEO,
     clip_dataset,
+    clip_dataset_arguments,
+    clip_dataset_from_config,
     clip_frames_from_row,
+    report_clip_plan,
     summarize_clips,
     write_clip_failures,
 )
 from pipelines.manifest import build_manifest, read_manifest_rows
+from semidff.cli import app
+from semidff.config import load_config
 from semidff.video.clip_plan import plan_clips
-from semidff.video.decode import REASON_DECODE_FAILED, resize_frames
-from semidff.video.probe import REASON_MISSING
+from semidff.video.decode import REASON_DECODE_FAILED, codec_keyframe_indices, resize_frames
+from semidff.video.probe import REASON_MISSING, probe_video
+
+TINY = Path(__file__).resolve().parents[2] / "jobs/configs/tiny.yaml"
 
 PLAN = dict(key_frames_per_second=2.5, currents_per_key=2, offset_range=(8, 9), seed=5)  # keys every 10 frames at 25 fps
 SIZE = dict(short_side=48, max_long_side=64)  # 64x48 videos stay as they are
@@ -125,3 +135,65 @@ def test_the_schema_is_the_declared_one_and_bad_arguments_fail_before_any_task(m
     assert ray.data.DataContext.get_current().target_max_block_size != 16 << 20
     with pytest.raises(ValueError, match="lo must be <= hi"):
         clip_dataset(str(manifest), offset_range=(9, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# From the config, and the plan report (`semidff clips`)
+
+CONFIG_OVERRIDES = [
+    "clips.key_frames_per_second=2.5", "clips.currents_per_key=2", "clips.offset_range=[8,9]", "clips.seed=5",
+    "preprocess.short_side=48", "preprocess.max_long_side=64",
+]
+
+
+def test_the_config_gives_every_clip_dataset_argument(manifest, rows):
+    cfg = load_config(TINY, CONFIG_OVERRIDES + ["clips.decoder=decord", "clips.chunk_frames=3", "clips.max_concurrent_tasks=1"])
+    assert clip_dataset_arguments(cfg) == dict(
+        **PLAN, align_to_codec_keyframes=False, key_frames_per_video=None, **SIZE, chunk_frames=3, videos_per_task=None,
+        num_cpus=1.0, max_concurrent_tasks=1, block_bytes=16 << 20, decoder="decord",
+    )
+    assert set(clip_dataset_arguments(cfg)) == set(inspect.signature(clip_dataset).parameters) - {"videos"}
+    from_config = {r["clip_id"]: r for r in clip_dataset_from_config(str(manifest), cfg).take_all()}
+    assert set(from_config) == {r["clip_id"] for r in rows}
+    for row in rows:  # decord here, PyAV in the `rows` fixture: the same pixels
+        if row["status"] == "ok" and Path(row["uri"]).name != "damaged.mp4":
+            assert from_config[row["clip_id"]]["key_frame"] == row["key_frame"]
+            assert from_config[row["clip_id"]]["current_frames"] == row["current_frames"]
+
+
+def test_the_plan_report_counts_clips_and_forced_frames_both_ways(manifest, tmp_path, local_ray):
+    cfg = load_config(TINY, CONFIG_OVERRIDES + ["clips.key_frames_per_second=1"])  # keys 25 frames apart, GOP 10
+    short = write_video(tmp_path / "short.mp4", 6, 64, 48)  # 6 frames: nothing fits at offset >= 8
+    manifest_rows = list(read_manifest_rows(str(manifest)).values())
+    rows = manifest_rows + [probe_video(str(short)).to_row(), probe_video(str(tmp_path / "gone.mp4")).to_row()]
+    report = report_clip_plan(rows, cfg, examples=3)
+
+    plan = {name: getattr(cfg.clips, name) for name in PLAN_KEYS}
+    expected = {False: [0, 0, 0], True: [0, 0, 0]}
+    for row in manifest_rows + [rows[-2]]:
+        if not Path(row["uri"]).exists():
+            continue
+        keyframes = codec_keyframe_indices(row["uri"])
+        for aligned in (False, True):
+            clips = plan_clips(row, codec_keyframes=keyframes, **dict(plan, align_to_codec_keyframes=aligned))
+            expected[aligned][0] += len(clips)
+            expected[aligned][1] += sum(c.frames_decoded for c in clips)
+            expected[aligned][2] += len({i for c in clips for i in c.frame_indices})
+    assert (report.manifest_videos, report.left_out, report.videos) == (7, 1, 5)  # removed.mp4: gone since probing
+    assert report.unplanned == {REASON_MISSING: 1} and "removed.mp4" in report.unplanned_examples[REASON_MISSING]
+    assert report.total_frames == 40 + 25 + 12 + 40 + 6
+    for aligned, cost in ((False, report.as_planned), (True, report.on_keyframes)):
+        assert [cost.clips, cost.frames_decoded, cost.frames_kept] == expected[aligned]
+        assert cost.videos_without_clips == 1 and cost.examples_without_clips == [(str(short), 6)]
+    assert report.on_keyframes.frames_decoded < report.as_planned.frames_decoded
+    text = report.format()
+    assert "5 videos, 123 frames (1 more manifest rows failed probing" in text and "videos without clips, keys as planned: 1" in text
+    assert f"{str(short)} (6 frames)" in text and "could not be planned now" in text
+
+
+def test_cli_clips_prints_the_report_and_exits_2_without_a_manifest(manifest, tmp_path, local_ray):
+    result = CliRunner().invoke(app, ["clips", str(manifest), "-c", str(TINY), *CONFIG_OVERRIDES])
+    assert result.exit_code == 0, result.output
+    assert f"clip plan of {manifest}: 4 videos, 117 frames" in result.output and "  as planned *  " in result.output
+    missing = CliRunner().invoke(app, ["clips", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 2 and "no manifest.parquet there; build it first" in missing.output

@@ -221,13 +221,14 @@ def test_a_crashed_run_keeps_what_it_probed_and_the_rerun_does_the_rest(corpus, 
 
 
 def test_a_probe_that_kills_its_worker_becomes_a_row(corpus, tmp_path, local_ray, monkeypatch):
-    @ray.remote(max_retries=0)
-    def probe_or_die(uri: str) -> dict:  # defined here so that Ray ships it by value
+    @ray.remote(max_retries=0, num_returns="streaming")
+    def probe_or_die(uri: str):  # defined here so that Ray ships it by value; yields as _probe_task does
+        yield "started"
         if uri.endswith("mpeg4.avi"):
             os._exit(1)  # what a segfault in the decoder looks like to Ray
         from semidff.video.probe import probe_video
 
-        return probe_video(uri).to_row()
+        yield probe_video(uri).to_row()
 
     monkeypatch.setattr(manifest_module, "_probe_task", probe_or_die)
     summary = build_manifest([str(corpus / "good/h264.mp4"), str(corpus / "good/mpeg4.avi")], str(tmp_path))
@@ -235,6 +236,30 @@ def test_a_probe_that_kills_its_worker_becomes_a_row(corpus, tmp_path, local_ray
     assert rows["h264.mp4"]["status"] == "ok"
     assert (rows["mpeg4.avi"]["status"], rows["mpeg4.avi"]["reason"]) == ("error", "probe crashed")
     assert "retry-failed" in rows["mpeg4.avi"]["error"] and summary.failures == {"probe crashed": 1}
+
+
+def test_a_probe_past_its_time_limit_is_killed_and_recorded_as_timeout(tmp_path, local_ray):
+    """A real probe that takes longer than the limit: a 150-frame GOP decoded to reach the last
+    frame (~0.1 s here) against a 5 ms limit. The row says so; the worker is killed, Ray goes on."""
+    (tmp_path / "videos").mkdir()
+    slow = write_video(tmp_path / "videos/long_gop.mp4", 150, 640, 360, gop=150)
+    quick = write_video(tmp_path / "videos/small.mp4", 5, 64, 48)
+    output = tmp_path / "out"
+    summary = build_manifest([str(slow)], str(output), probe_timeout_s=0.005)
+    (row,) = _manifest_table(output).to_pylist()
+    assert (row["status"], row["reason"], row["num_frames"]) == ("error", "timeout", None)
+    assert row["error"] == (
+        f"{slow}: probing took longer than 0.005 s and was stopped (the decoder may hang on this file); "
+        "rerun with --retry-failed and a larger --probe-timeout, or leave it out"
+    )
+    assert row["size_bytes"] == slow.stat().st_size and summary.failures == {"timeout": 1}
+
+    rerun = build_manifest([str(tmp_path / "videos")], str(output), retry_failed=True)  # default limit: 120 s
+    rows = {Path(r["uri"]).name: r for r in _manifest_table(output).to_pylist()}
+    assert (rerun.probed, rerun.ok, rerun.failed) == (2, 2, 0)
+    assert (rows["long_gop.mp4"]["num_frames"], rows[quick.name]["num_frames"]) == (150, 5)
+    with pytest.raises(ManifestError, match="must be > 0"):
+        build_manifest([str(quick)], str(output), probe_timeout_s=0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pytest
 
-from tests.video_fixtures import break_last_packet, pattern_frame, write_video  # PyAV before decord
+from tests.video_fixtures import break_last_packet, encoder_available, pattern_frame, write_video  # PyAV before decord
 
 from semidff.preprocess import resized_shape
 from semidff.video.clip_plan import ClipSpec, frames_decoded_for, plan_clips
@@ -15,12 +15,15 @@ from semidff.video.decode import (
     REASON_FRAME_OUT_OF_RANGE,
     ClipFailure,
     ClipFrames,
+    VideoOpenError,
     codec_keyframe_indices,
     decode_clips,
     open_video,
     resize_frames,
 )
 from semidff.video.probe import REASON_CANNOT_OPEN, REASON_MISSING
+
+HAS_VP9 = encoder_available("libvpx-vp9")  # now, before decord's bundled libvpx is loaded
 
 W, H = 64, 48
 
@@ -139,7 +142,7 @@ def test_indices_past_the_end_fail_only_their_clip(videos):
 
 
 def test_files_on_other_filesystems_are_read_through_pyarrow(videos):
-    """The object-store path (stream to a temporary file, then decord), on a non-local pyarrow filesystem."""
+    """The object-store path (stream to a temporary file, then decode it), on a non-local pyarrow filesystem."""
     filesystem = pafs.SubTreeFileSystem(str(videos["gop10"].parent), pafs.LocalFileSystem())
     clips = plan_clips(dict(video_id="remote", uri="bucket://gop10.mp4", num_frames=100, fps=25.0), key_frames_per_video=2)
     results = list(decode_clips("bucket://gop10.mp4", clips, short_side=H, max_long_side=W, filesystem=filesystem))
@@ -155,3 +158,81 @@ def test_a_file_that_cannot_be_opened_fails_every_clip(videos, name, reason):
     results = list(decode_clips(str(path), clips))
     assert [r.clip_id for r in results] == [c.clip_id for c in clips]
     assert all(isinstance(r, ClipFailure) and r.reason == reason and str(path) in r.error for r in results)
+
+
+# ---------------------------------------------------------------------------------------------
+# The PyAV path against decord, the reference
+
+
+@pytest.fixture(scope="module")
+def formats(tmp_path_factory, videos) -> dict[str, Path]:
+    """One file per container/codec case the manifest accepts, written with PyAV (before decord loads)."""
+    root = tmp_path_factory.mktemp("formats")
+    paths = {
+        "bframes.mp4": videos["bframes"],
+        "mpeg4.avi": write_video(root / "mpeg4.avi", 30, W, H, codec="mpeg4", gop=10),
+        "h264.mkv": write_video(root / "h264.mkv", 30, W, H, gop=10, bframes=True),
+        "h264.ts": write_video(root / "h264.ts", 30, W, H, gop=10),
+        "vfr.mp4": write_video(root / "vfr.mp4", 6, W, H, timestamps_s=[0, 0.04, 0.3, 0.34, 1.0, 1.04]),
+        "odd_97x61.mp4": videos["odd"],
+    }
+    if HAS_VP9:
+        paths["vp9.webm"] = write_video(root / "vp9.webm", 30, W, H, codec="libvpx-vp9", gop=10)
+    return paths
+
+
+@pytest.mark.parametrize("name", ["bframes.mp4", "mpeg4.avi", "h264.mkv", "h264.ts", "vfr.mp4", "odd_97x61.mp4", "vp9.webm"])
+def test_pyav_decodes_the_same_frames_as_decord(formats, name):
+    """Frame-exact: the same indices, keyframes and pixels (the same FFmpeg decoders and RGB conversion)."""
+    if name not in formats:
+        pytest.skip("no VP9 encoder here")
+    path = str(formats[name])
+    decoded = {}
+    for decoder in ("pyav", "decord"):
+        with open_video(path, decoder=decoder) as video:
+            assert video.decoder == decoder
+            clips = plan_clips(
+                info(formats[name], video.num_frames), key_frames_per_second=5, currents_per_key=3, offset_range=(0, 4),
+                codec_keyframes=video.keyframe_indices(),
+            )
+            results = list(video.decode_clips(clips, short_side=H, max_long_side=200, chunk_frames=3))
+            decoded[decoder] = (video.num_frames, video.keyframe_indices(), results, np.stack(list(video.iter_frames())))
+    (frames_a, keys_a, clips_a, all_a), (frames_b, keys_b, clips_b, all_b) = decoded["pyav"], decoded["decord"]
+    assert (frames_a, keys_a) == (frames_b, keys_b) and len(all_a) == frames_a
+    assert np.array_equal(all_a, all_b)
+    assert [r.clip_id for r in clips_a] == [r.clip_id for r in clips_b] and clips_a
+    for a, b in zip(clips_a, clips_b):
+        assert isinstance(a, ClipFrames) and np.array_equal(a.key_frame, b.key_frame) and np.array_equal(a.current_frames, b.current_frames)
+
+
+def test_auto_uses_pyav_only_when_its_frame_count_is_the_plans(videos):
+    path = str(videos["gop10"])
+    with open_video(path) as video:
+        assert video.decoder == "pyav"
+    with open_video(path, num_frames=100) as video:
+        assert video.decoder == "pyav"
+    with open_video(path, num_frames=99) as video:  # the manifest counted otherwise: decord's indices rule
+        assert video.decoder == "decord" and video.num_frames == 100
+    with pytest.raises(VideoOpenError, match="PyAV cannot decode it frame-exactly"):
+        with open_video(path, decoder="pyav", num_frames=99):
+            pass
+    with pytest.raises(ValueError, match="decoder='ffmpeg'"):
+        with open_video(path, decoder="ffmpeg"):
+            pass
+
+
+def test_a_damaged_frame_fails_the_same_clips_with_pyav_alone_and_after_the_fallback(videos):
+    """PyAV stops at the broken packet; "auto" lets decord try from there, and decord fails too."""
+    path = videos["damaged"]
+    clips = plan_clips(info(path, 40), key_frames_per_second=2.5, currents_per_key=9)
+    outcomes = {}
+    for decoder in ("pyav", "auto"):
+        results = list(decode_clips(str(path), clips, short_side=H, max_long_side=W, decoder=decoder))
+        outcomes[decoder] = {r.clip_id: isinstance(r, ClipFrames) for r in results}
+        failed = [r for r in results if isinstance(r, ClipFailure)]
+        assert failed and all(r.reason == REASON_DECODE_FAILED and "did not decode" in r.error for r in failed)
+    assert outcomes["pyav"][clips[0].clip_id] and not outcomes["pyav"][clips[-1].clip_id]
+    assert sum(outcomes["auto"].values()) <= sum(outcomes["pyav"].values())  # decord may fail earlier (it decodes ahead)
+    with open_video(str(path), decoder="pyav") as video:
+        with pytest.raises(VideoOpenError, match="did not decode"):
+            list(video.iter_frames())
