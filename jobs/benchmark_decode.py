@@ -37,7 +37,9 @@ What one run does (all on one local Ray of ``num_cpus`` CPUs, started once):
    count once per process mapping them.
 
 Medians over the rounds are reported, with every run, the load average, and CPU seconds of the
-process tree (less sensitive than wall time to other jobs on a shared machine).
+process tree (less sensitive than wall time to other jobs on a shared machine). A local Ray started
+here runs its workers at the driver's priority (``RAY_worker_niceness=0``; Ray's default is +15),
+like the ffmpeg processes.
 """
 from __future__ import annotations
 
@@ -471,7 +473,7 @@ def _machine() -> str:
             cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, nice {os.nice(0)}"
 
 
 def _with(cfg: Config, **clips) -> Config:
@@ -510,6 +512,10 @@ def run(
     if videos < 1 or repeats < 1 or seconds <= 0 or fps < 1 or any(g < 1 for g in gops) or any(c < 1 for c in memory_counts):
         raise ValueError("videos, repeats, seconds, fps, every GOP and every memory count must be positive")
     cache_dir = Path(cache_dir or DEFAULT_CACHE_DIR)
+    if not ray.is_initialized() and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+        # Ray runs its workers at nice +15 by default: on a shared machine they would lose CPU to
+        # the ffmpeg processes they are compared with. Read by the raylet this run starts.
+        os.environ.setdefault("RAY_worker_niceness", "0")
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
         progress("ffmpeg not found on PATH: the ffmpeg column and the lower bound (c) are skipped (install ffmpeg to get them)")

@@ -59,6 +59,7 @@ class RayTrainRate:
     median_step_rate: float  # median over the steps after each epoch's first
     step_rates: list[float]
     epoch_rates: list[float]  # per epoch, startup of the epoch's data included
+    data_wait_fractions: list[float]  # per epoch: share of the step time spent waiting for the next batch
     wall_s: float
 
 
@@ -171,14 +172,18 @@ def ray_train_rate(cfg: Config, cache_dir: str, teacher_checkpoint: str, out: Pa
     epoch_of = {m.step: m.value for m in client.get_metric_history(result.run_id, "train/epoch")}
     first_of_epoch = {min(s for s, e in epoch_of.items() if e == epoch) for epoch in set(epoch_of.values())}
     steady = [rate for step, rate in sorted(per_step.items()) if step not in first_of_epoch]
-    epoch_rates = [m.value for m in sorted(client.get_metric_history(result.run_id, "epoch/pairs_per_s_per_worker"), key=lambda m: m.step)]
+
+    def per_epoch(key: str) -> list[float]:
+        return [m.value for m in sorted(client.get_metric_history(result.run_id, key), key=lambda m: m.step)]
+
     return RayTrainRate(
         workers=workers,
         cpus_per_worker=run_cfg.training.cpus_per_worker,
         steps=result.global_step,
         median_step_rate=statistics.median(steady or list(per_step.values())),
         step_rates=[per_step[s] for s in sorted(per_step)],
-        epoch_rates=epoch_rates,
+        epoch_rates=per_epoch("epoch/pairs_per_s_per_worker"),
+        data_wait_fractions=per_epoch("epoch/data_wait_fraction"),
         wall_s=wall_s,
     )
 
@@ -228,14 +233,15 @@ def format_report(report: TrainBenchmarkReport) -> str:
         f"{report.train_pairs} training pairs of {report.image_size[0]}x{report.image_size[1]} frames, batch {report.batch_size} per worker, "
         f"{report.torch_threads} torch thread(s) per worker, step A (regression loss)",
         "",
-        "| loop | workers | pairs/s per worker (median step) | ratio to bare | pairs/s per worker per epoch (startup included) |",
-        "|---|---|---|---|---|",
-        f"| bare torch, one process | 1 | {report.bare_step_rate:.2f} | 1.00 | {', '.join(f'{r:.2f}' for r in report.bare_pass_rates)} (per pass) |",
+        "| loop | workers | pairs/s per worker (median step) | ratio to bare | pairs/s per worker per epoch (startup included) | waiting for data, per epoch |",
+        "|---|---|---|---|---|---|",
+        f"| bare torch, one process | 1 | {report.bare_step_rate:.2f} | 1.00 | {', '.join(f'{r:.2f}' for r in report.bare_pass_rates)} (per pass) | (in memory) |",
     ]
     for rate in report.ray:
         lines.append(
             f"| Ray Train (DDP, {rate.cpus_per_worker:g} CPU each) | {rate.workers} | {rate.median_step_rate:.2f} | "
-            f"{rate.median_step_rate / report.bare_step_rate:.2f} | {', '.join(f'{r:.2f}' for r in rate.epoch_rates)} |"
+            f"{rate.median_step_rate / report.bare_step_rate:.2f} | {', '.join(f'{r:.2f}' for r in rate.epoch_rates)} | "
+            f"{', '.join(f'{100 * w:.0f} %' for w in rate.data_wait_fractions)} |"
         )
     return "\n".join(lines)
 

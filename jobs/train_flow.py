@@ -37,8 +37,10 @@ What lands in the output folder:
 
 MLflow: one run per training run (a rerun that resumes reopens it, so its loss curve continues),
 with the config as params, the cache (or manifest) and the teacher as input datasets by digest.
-Rank 0 logs each loss term, pairs/s and the epoch per step; these are sent right after each
-checkpoint and also stored in it, so a step is logged exactly once however the run is cut.
+Rank 0 logs each loss term of its batch, pairs/s, the wait for data and the epoch per step, and
+each epoch the loss means over all workers; these are sent once the checkpoint holding their
+steps is recorded and are stored in it until then, so a step is logged exactly once however the
+run is cut.
 Each epoch ends with ``val/regression_error_vs_copy`` (propagated vs. copied key features on the
 held-out videos, < 1: propagation helps) and, with ``evaluation.data.path``, ``val/mAP`` at ΔT.
 
@@ -651,7 +653,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     state: dict[str, Any] = {
         "progress": {"epoch": 0, "batches_done": 0, "global_step": 0},
-        "epoch_sums": dict.fromkeys(LOSS_TERMS, 0.0) | {"pairs": 0.0, "seconds": 0.0, "steps": 0.0},
+        "epoch_sums": dict.fromkeys(LOSS_TERMS, 0.0) | {"pairs": 0.0, "seconds": 0.0, "data_wait": 0.0, "steps": 0.0},
         "last_epoch_losses": {},
         "last_epoch_rate": 0.0,
         "validation": {},
@@ -729,27 +731,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if batch_index < skip:  # done before the cut: the checkpoint holds their effect
                 last = time.perf_counter()
                 continue
+            fetched = time.perf_counter()
             terms = train_step(model, optimizer, to_batches(numpy_batch), objective, autocast_dtype)
             now = time.perf_counter()
-            seconds, last = now - last, now  # data wait included
+            seconds, data_wait, last = now - last, fetched - last, now  # a step's time includes its wait for data
             progress["global_step"] += 1
             progress["batches_done"] = batch_index + 1
-            summed = _sum_over_workers([terms[k] for k in LOSS_TERMS] + [terms["pairs"] / max(seconds, 1e-9)], world, device)
-            values = {k: v / world for k, v in zip(LOSS_TERMS, summed)}  # each term's mean over the workers
-            pairs_per_s = summed[-1]
-            for key, value in values.items():
-                sums[key] += value
+            for key in LOSS_TERMS:
+                sums[key] += terms[key]
             sums["pairs"] += terms["pairs"]
             sums["seconds"] += seconds
+            sums["data_wait"] += data_wait
             sums["steps"] += 1
-            if log is not None:
-                log.add(progress["global_step"], {**{f"train/{k}": v for k, v in values.items()},
-                                                  "train/pairs_per_s": pairs_per_s,
-                                                  "train/pairs_per_s_per_worker": pairs_per_s / world,
+            pairs_per_s = terms["pairs"] / max(seconds, 1e-9)
+            if log is not None:  # rank 0's own batch: no collective per step beyond DDP's gradients
+                log.add(progress["global_step"], {**{f"train/{k}": terms[k] for k in LOSS_TERMS},
+                                                  "train/pairs_per_s_per_worker": pairs_per_s,
+                                                  "train/data_wait_s": data_wait,
                                                   "train/epoch": epoch + 1})
             report.maybe_line(
                 f"epoch {epoch + 1}/{len(plan)} ({step_kind}) batch {batch_index + 1} step {progress['global_step']} loss "
-                f"{values['total']:.4f} (reg {values['regression']:.4f}, sem {values['semantic']:.4f}) {pairs_per_s:.1f} pairs/s"
+                f"{terms['total']:.4f} (reg {terms['regression']:.4f}, sem {terms['semantic']:.4f}) {pairs_per_s:.1f} pairs/s per worker"
             )
             if progress["global_step"] % tcfg.checkpoint_every_steps == 0:
                 _report_checkpoint(rank, snapshot() if rank == 0 else {},
@@ -763,19 +765,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 f"(check the data's offsets and training.validation_fraction={tcfg.validation_fraction})"
             )
 
-        # Epoch end: mean losses, validation on the held-out videos, checkpoint.
-        state["last_epoch_losses"] = {k: sums[k] / sums["steps"] for k in LOSS_TERMS}
-        epoch_rate = _sum_over_workers([sums["pairs"] / max(sums["seconds"], 1e-9)], world, device)[0]
+        # Epoch end: mean losses over every worker's steps, rates, validation on the held-out videos, checkpoint.
+        summed = _sum_over_workers(
+            [sums[k] / sums["steps"] for k in LOSS_TERMS]
+            + [sums["pairs"] / max(sums["seconds"], 1e-9), sums["data_wait"] / max(sums["seconds"], 1e-9)], world, device
+        )
+        state["last_epoch_losses"] = {k: v / world for k, v in zip(LOSS_TERMS, summed)}
+        epoch_rate, wait_share = summed[-2], summed[-1] / world
         state["last_epoch_rate"] = epoch_rate / world
         state["epoch_sums"] = dict.fromkeys(sums, 0.0)
         state["validation"] = _validate(cfg, config, student, to_batches, epoch, world, device, rank)
         progress["epoch"], progress["batches_done"] = epoch + 1, 0
         if log is not None:
             log.add(progress["global_step"], {f"epoch/{k}": v for k, v in state["last_epoch_losses"].items()}
-                    | {"epoch/pairs_per_s_per_worker": state["last_epoch_rate"]} | state["validation"])
+                    | {"epoch/pairs_per_s": epoch_rate, "epoch/pairs_per_s_per_worker": state["last_epoch_rate"],
+                       "epoch/data_wait_fraction": wait_share} | state["validation"])
         report.line(
             f"epoch {epoch + 1}/{len(plan)} ({step_kind}) done at step {progress['global_step']}: loss "
-            f"{state['last_epoch_losses']['total']:.4f}, {epoch_rate / world:.1f} pairs/s per worker"
+            f"{state['last_epoch_losses']['total']:.4f}, {epoch_rate / world:.1f} pairs/s per worker "
+            f"({100 * wait_share:.0f} % waiting for data)"
             + "".join(f", {k} {v:.4f}" for k, v in state["validation"].items())
         )
         _report_checkpoint(rank, snapshot() if rank == 0 else {}, epoch_metrics(), progress["global_step"], "epoch_end")

@@ -186,13 +186,17 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-def plan_concurrency(cfg: Config, cluster_cpus: float, say: Progress) -> int:
+def plan_concurrency(cfg: Config, cluster_cpus: float, say: Progress, local: bool = True) -> int:
     """Trials to run at once: ``tune.max_concurrent_trials``, lowered to what the cluster holds
     while keeping 1 CPU for Ray Data's readers (ray-facts §0 #4/#5). Raises SweepError when not
-    even one trial fits."""
+    even one trial fits a local Ray; on a cluster (which may scale up) that is a note, and 1."""
     tcfg, training = cfg.tune, cfg.training
     per_trial = tcfg.cpus_per_trial + training.num_workers * training.cpus_per_worker
     fits = math.floor((cluster_cpus - 1.0) / per_trial + 1e-9)
+    if fits < 1 and not local:
+        say(f"tune: the cluster has {cluster_cpus:g} CPUs now, less than one trial's {per_trial:g} plus 1 for the readers; "
+            "running 1 trial at a time and waiting for the cluster to grow")
+        return 1
     if fits < 1:
         raise SweepError(
             f"a trial needs {per_trial:g} CPUs (tune.cpus_per_trial={tcfg.cpus_per_trial:g} + training.num_workers="
@@ -640,7 +644,8 @@ def _run_sweep(cfg: Config, space: SearchSpace, max_t: int, quasi_points: list[d
     num_trials = space.num_trials(tcfg.num_samples)
     scheduler_name = "ASHA" if tcfg.scheduler.kind == "asha" else "FIFO"
     with ray_session(cfg.ray.num_cpus, cfg.ray.address):
-        concurrency = plan_concurrency(cfg, ray.cluster_resources().get("CPU", 0.0), say)
+        local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+        concurrency = plan_concurrency(cfg, ray.cluster_resources().get("CPU", 0.0), say, local=local)
         mlflow.set_tracking_uri(tracking_uri)
         earlier_run = state.get("parent_run_id") if (restoring and state) else None
         if earlier_run:

@@ -174,6 +174,7 @@ def plot_sweep(trials: Sequence[TrialRecord], space: SearchSpace, default_values
     figure = _new_figure(6, 4)
     axes = figure.subplots()
     _scatter(axes, trials, KEY_INTERVAL, default_values.get(KEY_INTERVAL), metric, best)
+    axes.set_xticks(sorted({t.values.get(KEY_INTERVAL, default_values.get(KEY_INTERVAL)) for t in trials} - {None}))
     axes.set_xlabel("key-frame interval ΔT (video.key_interval)")
     axes.set_title(f"{metric} vs key interval")
     figure.tight_layout()

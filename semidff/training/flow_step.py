@@ -54,8 +54,10 @@ def epoch_plan(training: FlowTrainingConfig) -> list[StepKind]:
     counts = {"regression": a, "semantic": b, "joint": a + b}
     epochs = counts[training.schedule]
     if epochs == 0:
-        needed = "regression_epochs" if training.schedule == "regression" else "semantic_epochs"
-        raise ConfigError(f"training.schedule={training.schedule} with training.{needed}=0 has no epoch to train; set it >= 1")
+        needed = {"regression": "regression_epochs=0", "semantic": "semantic_epochs=0"}.get(
+            training.schedule, "regression_epochs + semantic_epochs = 0"
+        )
+        raise ConfigError(f"training.schedule={training.schedule} with training.{needed} has no epoch to train; give it at least 1")
     return [training.schedule] * epochs
 
 

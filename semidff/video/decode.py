@@ -18,11 +18,11 @@ Two decoders give the same frames (frame ``i`` is the ``i``-th in presentation o
   keyframe before it up to its own packet are sent to the decoder, and of those only the wanted
   ones and the reference frames are decoded: the decoder skips the non-reference frames
   (``skip_frame=NONREF``, set packet by packet), and packets of GOPs without a wanted frame are
-  never sent. Only wanted frames are converted to RGB. Measured on 20-s 720p H.264 files (x264
-  veryfast, 2 B-frames, 1 clip per second, 1 thread, CPU seconds per file): GOP 250, 0.63 s against
-  0.86 s for decord's ``get_batch`` and 0.73 s for decoding every frame (YUV, no conversion);
-  GOP 30, 0.24 s against 0.38 s. Reading every frame (:meth:`OpenedVideo.iter_frames`): 1.1 s
-  against 2.7 s with decord.
+  never sent. Only wanted frames are converted to RGB. ``semidff benchmark decode`` (BENCHMARKS.md,
+  20-s 720p H.264 files, 1 clip per second, one process, CPU seconds per file, resize included):
+  GOP 250, 0.83 s against 1.33 s with decord and 0.87 s for the ffmpeg CLI decoding every frame;
+  GOP 30, 0.39 s against 0.84 s. Reading every frame (:meth:`OpenedVideo.iter_frames`, measured
+  once on a GOP-30 file): 1.1 s against 2.7 s with decord.
 * ``decord`` (the reference, as in the manifest's probe): ``get_batch`` of the wanted frames in
   ascending chunks; decord seeks only when the next frame lies past a codec keyframe, otherwise it
   decodes forward.

@@ -222,6 +222,7 @@ def test_resumed_sweep_finishes_every_trial_and_asha_stopped_some_early(sweep):
     assert result.summary["epochs_run"] == sum(t.epochs for t in result.trials) < result.summary["epochs_full_budget"] == 8
     assert result.summary["compute_saved"] == pytest.approx(1 - result.summary["epochs_run"] / 8)
     assert any(line.startswith("tune: restoring the interrupted sweep") for line in sweep["lines"])
+    assert any(line.startswith("tune: trial") and " epoch " in line for line in sweep["lines"])  # this process's callbacks
     assert any("stopped early by ASHA after 1/2 epochs" in line for line in sweep["lines"] + sweep["phase1_log"].splitlines())
 
 
@@ -379,6 +380,9 @@ def test_param_space_and_concurrency_plan():
     assert plan_concurrency(small, 2.0, lines.append) == 1 and "running 1 at a time instead of tune.max_concurrent_trials=4" in lines[-1]
     with pytest.raises(SweepError, match=r"a trial needs 1.1 CPUs .* plus 1 CPU for the data readers, but the Ray cluster has 2"):
         plan_concurrency(load_config(None, ["training.cpus_per_worker=1.0"]), 2.0, lines.append)
+    # A cluster may scale up: one trial at a time, with a note.
+    assert plan_concurrency(load_config(None, ["training.cpus_per_worker=1.0"]), 2.0, lines.append, local=False) == 1
+    assert "waiting for the cluster to grow" in lines[-1]
 
 
 def test_asha_replays_the_results_from_before_a_resume_and_never_stops_a_last_epoch(tmp_path):
