@@ -24,8 +24,9 @@ Steps, all with the project's own stages (kept in ``<out>`` and reused by the ne
 
 Both loops run step A (the regression loss). The report gives the median per-step pairs/s per
 worker of each (the first step of every Ray epoch, which waits for the data pipeline to start,
-shows in the epoch rate instead) and their ratio, and the epoch rate (pairs of an epoch over its
-wall time, startup included). A ratio near 1 means the data path keeps up with the model.
+shows in the epoch rate instead), their ratio and the data wait of those steps, and per epoch the
+rate (pairs over wall time, startup included) and the share of the time spent waiting for data.
+A ratio near 1 and a small wait mean the data path keeps up with the model.
 """
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ class RayTrainRate:
     step_rates: list[float]
     epoch_rates: list[float]  # per epoch, startup of the epoch's data included
     data_wait_fractions: list[float]  # per epoch: share of the step time spent waiting for the next batch
+    median_step_data_wait_ms: float  # the same steps as median_step_rate
     wall_s: float
 
 
@@ -172,6 +174,8 @@ def ray_train_rate(cfg: Config, cache_dir: str, teacher_checkpoint: str, out: Pa
     epoch_of = {m.step: m.value for m in client.get_metric_history(result.run_id, "train/epoch")}
     first_of_epoch = {min(s for s, e in epoch_of.items() if e == epoch) for epoch in set(epoch_of.values())}
     steady = [rate for step, rate in sorted(per_step.items()) if step not in first_of_epoch]
+    waits = {m.step: m.value for m in client.get_metric_history(result.run_id, "train/data_wait_s")}
+    steady_waits = [1000 * wait for step, wait in waits.items() if step not in first_of_epoch] or [0.0]
 
     def per_epoch(key: str) -> list[float]:
         return [m.value for m in sorted(client.get_metric_history(result.run_id, key), key=lambda m: m.step)]
@@ -184,6 +188,7 @@ def ray_train_rate(cfg: Config, cache_dir: str, teacher_checkpoint: str, out: Pa
         step_rates=[per_step[s] for s in sorted(per_step)],
         epoch_rates=per_epoch("epoch/pairs_per_s_per_worker"),
         data_wait_fractions=per_epoch("epoch/data_wait_fraction"),
+        median_step_data_wait_ms=statistics.median(steady_waits),
         wall_s=wall_s,
     )
 
@@ -233,14 +238,17 @@ def format_report(report: TrainBenchmarkReport) -> str:
         f"{report.train_pairs} training pairs of {report.image_size[0]}x{report.image_size[1]} frames, batch {report.batch_size} per worker, "
         f"{report.torch_threads} torch thread(s) per worker, step A (regression loss)",
         "",
-        "| loop | workers | pairs/s per worker (median step) | ratio to bare | pairs/s per worker per epoch (startup included) | waiting for data, per epoch |",
-        "|---|---|---|---|---|---|",
-        f"| bare torch, one process | 1 | {report.bare_step_rate:.2f} | 1.00 | {', '.join(f'{r:.2f}' for r in report.bare_pass_rates)} (per pass) | (in memory) |",
+        "| loop | workers | pairs/s per worker (median step) | ratio to bare | data wait of the median step | "
+        "pairs/s per worker per epoch (startup included) | waiting for data, per epoch |",
+        "|---|---|---|---|---|---|---|",
+        f"| bare torch, one process | 1 | {report.bare_step_rate:.2f} | 1.00 | (in memory) | "
+        f"{', '.join(f'{r:.2f}' for r in report.bare_pass_rates)} (per pass) | (in memory) |",
     ]
     for rate in report.ray:
         lines.append(
             f"| Ray Train (DDP, {rate.cpus_per_worker:g} CPU each) | {rate.workers} | {rate.median_step_rate:.2f} | "
-            f"{rate.median_step_rate / report.bare_step_rate:.2f} | {', '.join(f'{r:.2f}' for r in rate.epoch_rates)} | "
+            f"{rate.median_step_rate / report.bare_step_rate:.2f} | {rate.median_step_data_wait_ms:.1f} ms | "
+            f"{', '.join(f'{r:.2f}' for r in rate.epoch_rates)} | "
             f"{', '.join(f'{100 * w:.0f} %' for w in rate.data_wait_fractions)} |"
         )
     return "\n".join(lines)

@@ -187,16 +187,17 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def plan_concurrency(cfg: Config, cluster_cpus: float, say: Progress, local: bool = True) -> int:
-    """Trials to run at once: ``tune.max_concurrent_trials``, lowered to what the cluster holds
-    while keeping 1 CPU for Ray Data's readers (ray-facts §0 #4/#5). Raises SweepError when not
-    even one trial fits a local Ray; on a cluster (which may scale up) that is a note, and 1."""
+    """Trials to run at once: ``tune.max_concurrent_trials``, on a local Ray lowered to what it
+    holds while keeping 1 CPU for Ray Data's readers (ray-facts §0 #4/#5); SweepError when not even
+    one trial fits. A cluster may scale up (GPU workers from zero): there it is only a note."""
     tcfg, training = cfg.tune, cfg.training
     per_trial = tcfg.cpus_per_trial + training.num_workers * training.cpus_per_worker
     fits = math.floor((cluster_cpus - 1.0) / per_trial + 1e-9)
-    if fits < 1 and not local:
-        say(f"tune: the cluster has {cluster_cpus:g} CPUs now, less than one trial's {per_trial:g} plus 1 for the readers; "
-            "running 1 trial at a time and waiting for the cluster to grow")
-        return 1
+    if not local:
+        if fits < tcfg.max_concurrent_trials:
+            say(f"tune: the cluster has {cluster_cpus:g} CPUs now, room for {max(fits, 0)} trial(s) of {per_trial:g} CPUs beside 1 for "
+                f"the readers; the other trials wait for the autoscaler (tune.max_concurrent_trials={tcfg.max_concurrent_trials})")
+        return tcfg.max_concurrent_trials
     if fits < 1:
         raise SweepError(
             f"a trial needs {per_trial:g} CPUs (tune.cpus_per_trial={tcfg.cpus_per_trial:g} + training.num_workers="

@@ -380,9 +380,8 @@ def test_param_space_and_concurrency_plan():
     assert plan_concurrency(small, 2.0, lines.append) == 1 and "running 1 at a time instead of tune.max_concurrent_trials=4" in lines[-1]
     with pytest.raises(SweepError, match=r"a trial needs 1.1 CPUs .* plus 1 CPU for the data readers, but the Ray cluster has 2"):
         plan_concurrency(load_config(None, ["training.cpus_per_worker=1.0"]), 2.0, lines.append)
-    # A cluster may scale up: one trial at a time, with a note.
-    assert plan_concurrency(load_config(None, ["training.cpus_per_worker=1.0"]), 2.0, lines.append, local=False) == 1
-    assert "waiting for the cluster to grow" in lines[-1]
+    # A cluster may scale up (GPU workers from zero): the configured concurrency, with a note.
+    assert plan_concurrency(small, 2.0, lines.append, local=False) == 4 and "wait for the autoscaler" in lines[-1]
 
 
 def test_asha_replays_the_results_from_before_a_resume_and_never_stops_a_last_epoch(tmp_path):
