@@ -67,6 +67,8 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from ray.train import UserCallback
 
+# Stage 1's helpers for progress lines from rank 0 and atomic small files (one way to do each).
+from jobs.train_teacher import _ProgressPump, _Reporter, _write_text_atomically
 from semidff.checkpoint import ModelCheckpoint, ModelCheckpointError, check_same_model, load_model_checkpoint, save_model_checkpoint
 from semidff.config import Config, ConfigError, load_config
 from semidff.training.flow_step import epoch_plan, step_offsets
@@ -362,7 +364,6 @@ def run(
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from jobs.train_teacher import _ProgressPump
     from pipelines.ray_session import cluster_has_gpus, ray_session
     from semidff.tracking import log_input_dataset, record_output, tracking_uri_for
 
@@ -595,12 +596,6 @@ def _producer_of(path: Any) -> Optional[str]:
     return produced.get("run_id") if produced else None
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
 
 class EpochEndReports(UserCallback):
     """Hands a Ray Train callback only the epoch-end reports (not the mid-epoch checkpoints), so a
@@ -627,7 +622,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from jobs.train_teacher import _Reporter
     from semidff.checkpoint import build_teacher
     from semidff.training.flow_batch import pair_batches_from_cache, pair_batches_on_the_fly
     from semidff.training.flow_step import LOSS_TERMS, FlowObjective, build_optimizer, train_step

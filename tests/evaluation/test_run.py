@@ -155,8 +155,9 @@ def test_a_frame_folder_gives_the_same_predictions_as_the_encoded_video(syntheti
     (result,) = _evaluate(reloaded, [RunSpec("frame", 1)], networks)
     expected = _by_frame(frame_copy_flow["frame/dt1"])
     for prediction in result.predictions:
-        np.testing.assert_array_equal(prediction.boxes, expected[prediction.frame_id].boxes)
-        np.testing.assert_array_equal(prediction.scores, expected[prediction.frame_id].scores)
+        # equal up to float rounding: a full test run may give the networks another thread count
+        np.testing.assert_allclose(prediction.boxes, expected[prediction.frame_id].boxes, rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(prediction.scores, expected[prediction.frame_id].scores, rtol=1e-4, atol=1e-6)
 
 
 def test_sparse_labels_score_only_annotated_frames_and_decoding_stops_at_the_last(synthetic, networks):
