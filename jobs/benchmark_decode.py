@@ -54,7 +54,6 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -207,30 +206,12 @@ class DecodeBenchmarkResult:
 def write_benchmark_video(path: Path, *, seconds: float, fps: int, width: int, height: int, gop: int, seed: int) -> Path:
     """Encode the synthetic scene ``seed`` to ``path`` as H.264 with a keyframe exactly every ``gop``
     frames (x264 veryfast, crf 23, default B-frames; temp file + rename)."""
-    import av
-
-    from semidff.data.synthetic import synthetic_scene
+    from semidff.data.synthetic import encode_video, synthetic_scene
 
     num_frames = max(1, round(seconds * fps))
     scene = synthetic_scene(seed, 0, num_frames=num_frames, width=width, height=height)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with av.open(str(temp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps))
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.codec_context.gop_size = gop
-            stream.codec_context.options = {"preset": "veryfast", "crf": "23", "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
-            for t in range(num_frames):
-                frame, _ = scene.render(t)
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode(None):
-                container.mux(packet)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path
+    frames = (scene.render(t)[0] for t in range(num_frames))
+    return encode_video(frames, path, fps=fps, gop=gop, crf=23, exact_gop=True)
 
 
 def ensure_videos(

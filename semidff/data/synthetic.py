@@ -31,7 +31,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import av
 import numpy as np
@@ -265,12 +265,17 @@ def synthetic_scene(
 # Files
 
 
-def encode_video(frames: Iterable[np.ndarray], path: str | Path, fps: float, codec: str = "libx264") -> Path:
+def encode_video(
+    frames: Iterable[np.ndarray], path: str | Path, fps: float, codec: str = "libx264",
+    gop: Optional[int] = None, crf: int = 18, exact_gop: bool = False,
+) -> Path:
     """Encode (height, width, 3) uint8 RGB frames to ``path`` as yuv420p with PyAV.
 
     The container follows the suffix (.mp4, .webm, ...). Written to a temp file and renamed, so
     a crash never leaves a partial video under the final name. libx264 is tuned for quality
     (crf 18) and a keyframe every second, so random access (clip decoding) stays cheap.
+    gop: frames between keyframes (default: one second); exact_gop: libx264 puts a keyframe exactly
+    every ``gop`` frames (no scene-cut keyframes), as the decode benchmark needs; crf: libx264 quality.
     """
     path = Path(path)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -283,9 +288,13 @@ def encode_video(frames: Iterable[np.ndarray], path: str | Path, fps: float, cod
                     stream = container.add_stream(codec, rate=rate)
                     stream.height, stream.width = frame.shape[:2]
                     stream.pix_fmt = "yuv420p"
-                    stream.codec_context.gop_size = max(1, round(fps))
+                    stream.codec_context.gop_size = gop or max(1, round(fps))
                     if codec == "libx264":
-                        stream.codec_context.options = {"preset": "veryfast", "crf": "18"}
+                        options = {"preset": "veryfast", "crf": str(crf)}
+                        if exact_gop:
+                            keyint = stream.codec_context.gop_size
+                            options["x264-params"] = f"keyint={keyint}:min-keyint={keyint}:scenecut=0"
+                        stream.codec_context.options = options
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     container.mux(packet)
             if stream is None:
