@@ -13,18 +13,20 @@ interval of the per-epoch validation (``val/mAP`` with ``evaluation.data.path``)
 Each trial is one stage-2 run (:func:`jobs.train_flow.run`, single- or multi-worker by
 ``training.num_workers``) started from a Tune function trainable, which acts as the Ray Train
 driver (ray-facts §3) and holds only ``tune.cpus_per_trial`` CPUs itself. Tune sees one result per
-epoch (``TuneReportCallback``) and ASHA (``tune.scheduler``) stops the weak trials at the rungs
-``grace_period x reduction_factor^k`` epochs, up to the full schedule. ``tune.max_concurrent_trials``
-bounds the trials in flight (lowered, with a note, when the cluster cannot hold that many Train
-runs and still leave a CPU to Ray Data's readers).
+epoch (``TuneReportCallback``, behind :class:`EpochResults`) and ASHA (``tune.scheduler``, see
+:class:`SweepASHA`) stops the weak trials at ``grace_period x reduction_factor^k`` epochs, never at
+their last. ``tune.max_concurrent_trials`` bounds the trials in flight (on a local Ray lowered, with
+a note, when it cannot hold that many Train runs and still leave a CPU to Ray Data's readers).
 
 What lands in the output folder:
 
 * ``trials/<trial id>/``: each trial's train_flow output (``flow.pt`` when it finished, Ray Train
   checkpoints, config.yaml);
 * ``tune/sweep/``: Tune's experiment state (what a rerun restores); ``tune/sweep.json``: the
-  sweep's MLflow run and config digest, so a rerun continues the same run; ``tune/history.jsonl``:
-  every epoch result of every trial (Tune rewrites a resumed trial's own result files);
+  sweep's MLflow run and config digest, so a rerun continues the same run;
+* ``trials/<trial id>/epoch_results.jsonl``: every epoch result of the trial, appended by its Ray
+  Train run as it reports, before Tune sees it (a result in flight when a sweep is cut is not
+  lost, and Tune rewrites a resumed trial's own result files);
 * ``trials.md``, ``trials.csv``: every trial's values, status, epochs and metric;
   ``plots/``: the metric against ΔT, against every other swept number, and learning curves;
   ``best.json``: the best trial's values, metric, MLflow run, Ray checkpoint and ``flow.pt``.
@@ -55,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from ray.train import UserCallback
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler
 
@@ -77,7 +80,7 @@ SWEEP_NAME = "sweep"
 TUNE_DIR = "tune"
 TRIALS_DIR = "trials"
 STATE_FILE = "sweep.json"
-HISTORY_FILE = "history.jsonl"
+RESULTS_FILE = "epoch_results.jsonl"  # in each trial's folder
 BEST_FILE = "best.json"
 PLOTS_DIR = "plots"
 TIME_ATTR = "epoch"  # epochs done, as train_flow reports it: survives a resume (Tune's own training_iteration restarts at 1)
@@ -217,10 +220,9 @@ def plan_concurrency(cfg: Config, cluster_cpus: float, say: Progress, local: boo
 
 def run_trial(config: dict[str, Any], *, setup: dict[str, Any]) -> None:
     """One trial: the base config with the trial's values, trained by ``jobs.train_flow.run`` as
-    a Ray Train driver; its epoch-end reports reach Tune through ``TuneReportCallback``. The
+    a Ray Train driver; its epoch-end reports reach Tune through :class:`EpochResults`. The
     trial's folder and run name come from its trial id, so a restored trial resumes its own run."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from jobs.train_flow import run as train_flow
 
@@ -228,14 +230,15 @@ def run_trial(config: dict[str, Any], *, setup: dict[str, Any]) -> None:
     space: SearchSpace = setup["space"]
     values = space.values_of(config, setup["quasi_points"])
     cfg = apply_values(Config.model_validate(setup["base_config"]), values, f"trial {trial_id}")
+    trial_dir = Path(setup["trials_dir"]) / trial_id
     train_flow(
         cfg,
         setup["cache_dir"],
         setup["teacher_checkpoint"],
-        str(Path(setup["trials_dir"]) / trial_id),
+        str(trial_dir),
         run_name=f"trial-{trial_id}",
         parent_run_id=setup["parent_run_id"],
-        callbacks=[TuneReportCallback()],
+        callbacks=[EpochResults(trial_dir / RESULTS_FILE, trial_id)],
     )
 
 
@@ -262,34 +265,58 @@ def param_space(space: SearchSpace, num_samples: int) -> tuple[dict[str, Any], i
     return params, num_samples
 
 
-def append_history(path: Path, trial_id: str, result: dict, metric: str) -> None:
-    """Append one epoch result of a trial to the sweep's history file (one JSON object a line).
+class EpochResults(UserCallback):
+    """A trial's Ray Train callback: append each epoch-end result to the trial's results file,
+    then hand it to Tune (``TuneReportCallback``). The file is written before Tune can see the
+    result, so a sweep cut in between still knows it when resumed (Tune itself would not: the
+    result dies with the trial actor, and a resumed trial goes on from its checkpoint)."""
 
-    Tune rewrites a trial's own result files when a restored sweep resumes it, so the results
-    from before a cut live here: the scheduler replays them, and the trial table reads them.
-    """
-    record = {"trial_id": trial_id, TIME_ATTR: result.get(TIME_ATTR), metric: result.get(metric),
-              "driver_pid": os.getpid(), "time": time.time()}
-    with path.open("a") as stream:
-        stream.write(json.dumps(record) + "\n")
+    def __init__(self, path: Path, trial_id: str):
+        from ray.tune.integration.ray_train import TuneReportCallback
 
+        self.path, self.trial_id = path, trial_id
+        self.to_tune = TuneReportCallback()  # made here, in the Tune session; it runs on the Train controller
 
-def read_trial_history(path: str | Path, metric: str) -> dict[str, dict[int, float]]:
-    """{trial id: {epoch: metric}} from the sweep's history file; an epoch reported again (a
-    trial resumed from a mid-epoch checkpoint) keeps its last value; a line cut by a kill is skipped."""
-    history: dict[str, dict[int, float]] = {}
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        return history
-    for line in lines:
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if metrics:
+            values = {k: v for k, v in metrics[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if values != self._last_values():  # a resumed run that had finished reports its last epoch again
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a") as stream:
+                    stream.write(json.dumps({"trial_id": self.trial_id, "reported_at": time.time(), **values}) + "\n")
+        self.to_tune.after_report(run_context, metrics, checkpoint)
+
+    def _last_values(self) -> Optional[dict[str, Any]]:
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        epoch, value = record.get(TIME_ATTR), record.get(metric)
-        if "trial_id" in record and isinstance(epoch, (int, float)) and isinstance(value, (int, float)) and math.isfinite(value):
-            history.setdefault(str(record["trial_id"]), {})[int(epoch)] = float(value)
+            last = json.loads(self.path.read_text().splitlines()[-1])
+        except (OSError, IndexError, json.JSONDecodeError):
+            return None
+        return {k: v for k, v in last.items() if k not in ("trial_id", "reported_at")}
+
+
+def read_epoch_results(trials_dir: str | Path) -> list[dict[str, Any]]:
+    """Every trial's epoch results (:class:`EpochResults`), in the order they were reported; a
+    line cut by a kill is skipped."""
+    records = []
+    for path in Path(trials_dir).glob(f"*/{RESULTS_FILE}"):
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "trial_id" in record and isinstance(record.get(TIME_ATTR), (int, float)):
+                records.append(record)
+    return sorted(records, key=lambda record: record.get("reported_at", 0.0))
+
+
+def read_trial_history(trials_dir: str | Path, metric: str) -> dict[str, dict[int, float]]:
+    """{trial id: {epoch: metric}}; an epoch reported again (a trial resumed from a mid-epoch
+    checkpoint) keeps its last value."""
+    history: dict[str, dict[int, float]] = {}
+    for record in read_epoch_results(trials_dir):
+        value = record.get(metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            history.setdefault(str(record["trial_id"]), {})[int(record[TIME_ATTR])] = float(value)
     return history
 
 
@@ -300,42 +327,51 @@ class SweepASHA(ASHAScheduler):
       has written flow.pt, logged it and closed its MLflow run (a stop would kill it first). The
       result still counts in ASHA's rungs.
     * A restored sweep gets its rungs back: Tune does not save scheduler state, so without this
-      a resumed sweep would judge the next trials against empty rungs and stop none of them. On
-      its first event the scheduler replays the sweep's history file (:func:`append_history`).
+      a resumed sweep would judge the next trials against empty rungs. On its first event the
+      scheduler replays the trials' epoch results (:class:`EpochResults`) in the order they were
+      reported, as ASHA would have seen them, and stops at its next result a trial that ASHA
+      would have stopped at a result it never saw (one in flight when the sweep was cut).
 
     budget_of: a trial's Tune config -> its number of epochs (swept epoch counts differ per trial).
-    history_path: the sweep's history file (``<output>/tune/history.jsonl``).
+    trials_dir: the sweep's ``trials/`` folder.
     """
 
-    def __init__(self, budget_of: Callable[[dict], int], history_path: str, **asha: Any):
+    def __init__(self, budget_of: Callable[[dict], int], trials_dir: str, **asha: Any):
         super().__init__(**asha)
         self._budget_of = budget_of
-        self._history_path = history_path
+        self._trials_dir = trials_dir
         self._replayed = False
+        self._stop_when_seen: set[str] = set()
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(tune_controller, trial)
         if not self._replayed:
             self._replayed = True
-            self.replay(read_trial_history(self._history_path, self._metric))
+            self.replay(read_epoch_results(self._trials_dir))
 
-    def replay(self, history: dict[str, dict[int, float]]) -> int:
-        """Record each trial's result at every rung it reached (its first epoch at or past the
-        milestone), as ASHA itself would have; returns the number of entries recorded."""
-        recorded_entries = 0
-        for bracket in self._brackets:  # ASHA's internals (ray.tune.schedulers.async_hyperband._Bracket)
-            for milestone, recorded in bracket._rungs:
-                for trial_id, values in history.items():
-                    reached = [epoch for epoch in values if epoch >= milestone]
-                    if reached and trial_id not in recorded:
-                        recorded[trial_id] = self._metric_op * values[min(reached)]
-                        recorded_entries += 1
-        return recorded_entries
+    def replay(self, records: list[dict[str, Any]]) -> list[str]:
+        """Feed earlier epoch results (in report order) through ASHA's rungs; returns the ids of
+        the trials ASHA stops on them, which are then stopped at their next result."""
+        from types import SimpleNamespace
+
+        stopped = []
+        bracket = self._brackets[0]  # one bracket (the default); ASHA's own _Bracket bookkeeping
+        for record in records:
+            value = record.get(self._metric)
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            trial = SimpleNamespace(trial_id=str(record["trial_id"]))
+            if bracket.on_result(trial, record[self._time_attr], self._metric_op * value) == self.STOP:
+                stopped.append(trial.trial_id)
+        self._stop_when_seen.update(stopped)
+        return stopped
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
         if result.get(TIME_ATTR, 0) >= self._budget_of(trial.config):
             return self.CONTINUE
+        if trial.trial_id in self._stop_when_seen:
+            return self.STOP
         return action
 
 
@@ -388,14 +424,13 @@ def remove_placement_groups_left_after_sweep(timeout_s: float = 15.0) -> int:
 
 
 class SweepProgress(Callback):
-    """Driver-side Tune callback: a progress line per trial event, each epoch result appended to
-    the sweep's history file, and every few seconds the removal of placement groups left by
-    stopped trials (:func:`remove_leaked_placement_groups`)."""
+    """Driver-side Tune callback: a progress line per trial event, and every few seconds the
+    removal of placement groups left by stopped trials (:func:`remove_leaked_placement_groups`)."""
 
     def __init__(self, space: SearchSpace, quasi_points: list[dict[str, Any]], metric: str, scheduler: str,
-                 max_epochs: Callable[[dict], int], history_path: Path, say: Progress):
+                 max_epochs: Callable[[dict], int], say: Progress):
         self.space, self.quasi_points, self.metric, self.scheduler = space, quasi_points, metric, scheduler
-        self.max_epochs, self.history_path, self.say = max_epochs, history_path, say
+        self.max_epochs, self.say = max_epochs, say
         self.last_cleanup = 0.0
         self.removed_placement_groups = 0
 
@@ -407,7 +442,6 @@ class SweepProgress(Callback):
         self.say(f"tune: trial {trial.trial_id} started ({self._values(trial)})")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        append_history(self.history_path, trial.trial_id, result, self.metric)
         value = result.get(self.metric)
         shown = f"{value:.4f}" if isinstance(value, (int, float)) else "-"
         self.say(f"tune: trial {trial.trial_id} epoch {result.get(TIME_ATTR)}/{self.max_epochs(trial.config)} {self.metric} {shown}")
@@ -469,11 +503,11 @@ def _trial_id_of(result: Any) -> Optional[str]:
 
 def collect_trials(results: Any, space: SearchSpace, setup: dict[str, Any], metric: str,
                    max_epochs: Callable[[dict], int]) -> list[TrialRecord]:
-    """A TrialRecord per Tune result: values, status, epochs, metric history (from the sweep's
-    history file, so the epochs from before a resume count too), MLflow run and checkpoints."""
+    """A TrialRecord per Tune result: values, status, epochs, metric history (from the trials'
+    epoch results, so the epochs from before a resume count too), MLflow run and checkpoints."""
     from jobs.train_flow import FLOW_FILE
 
-    histories = read_trial_history(Path(setup["trials_dir"]).parent / TUNE_DIR / HISTORY_FILE, metric)
+    histories = read_trial_history(setup["trials_dir"], metric)
     records = []
     for result in results:
         trial_id = _trial_id_of(result) or Path(str(result.path)).name
@@ -677,7 +711,7 @@ def _run_sweep(cfg: Config, space: SearchSpace, max_t: int, quasi_points: list[d
                 "quasi_points": quasi_points,
             }
             trainable = tune.with_resources(functools.partial(run_trial, setup=setup), {"CPU": tcfg.cpus_per_trial})
-            callbacks = [SweepProgress(space, quasi_points, tcfg.metric, scheduler_name, max_epochs, storage / HISTORY_FILE, say)]
+            callbacks = [SweepProgress(space, quasi_points, tcfg.metric, scheduler_name, max_epochs, say)]
             if restoring:
                 say(f"tune: restoring the interrupted sweep from {experiment}")
                 tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
@@ -690,7 +724,7 @@ def _run_sweep(cfg: Config, space: SearchSpace, max_t: int, quasi_points: list[d
             else:
                 params, samples = param_space(space, tcfg.num_samples)
                 if tcfg.scheduler.kind == "asha":
-                    scheduler = SweepASHA(max_epochs, str(storage / HISTORY_FILE), time_attr=TIME_ATTR, max_t=max_t,
+                    scheduler = SweepASHA(max_epochs, str(output / TRIALS_DIR), time_attr=TIME_ATTR, max_t=max_t,
                                           grace_period=min(tcfg.scheduler.grace_period, max_t),
                                           reduction_factor=tcfg.scheduler.reduction_factor)
                 else:
