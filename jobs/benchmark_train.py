@@ -212,20 +212,15 @@ def run(
     cfg = cfg.model_copy(deep=True)
     cfg.mlflow.tracking_uri = cfg.mlflow.tracking_uri or f"sqlite:///{out / 'mlflow.db'}"
     cfg.training.validation_fraction = 0.0  # both loops over every pair of the cache
-    previous_cwd = os.getcwd()
-    os.chdir(out)  # MLflow keeps a SQLite store's artifacts under ./mlruns
-    try:
-        with ray_session(cfg.ray.num_cpus, cfg.ray.address):
-            cache_dir, teacher = prepare_cache(cfg, out, videos, frames, say)
-            bare_rate, pass_rates, pairs, image_size = bare_loop(cfg, cache_dir, teacher, repeats, say)
-            report = TrainBenchmarkReport(
-                machine=_machine(), torch_threads=max(1, int(cfg.training.cpus_per_worker)), batch_size=cfg.training.batch_size,
-                train_pairs=pairs, image_size=image_size, bare_step_rate=bare_rate, bare_pass_rates=pass_rates,
-            )
-            for count in workers:
-                report.ray.append(ray_train_rate(cfg, cache_dir, teacher, out, count, epochs, say))
-    finally:
-        os.chdir(previous_cwd)
+    with ray_session(cfg.ray.num_cpus, cfg.ray.address):  # (a SQLite store keeps its artifacts beside it: semidff.tracking)
+        cache_dir, teacher = prepare_cache(cfg, out, videos, frames, say)
+        bare_rate, pass_rates, pairs, image_size = bare_loop(cfg, cache_dir, teacher, repeats, say)
+        report = TrainBenchmarkReport(
+            machine=_machine(), torch_threads=max(1, int(cfg.training.cpus_per_worker)), batch_size=cfg.training.batch_size,
+            train_pairs=pairs, image_size=image_size, bare_step_rate=bare_rate, bare_pass_rates=pass_rates,
+        )
+        for count in workers:
+            report.ray.append(ray_train_rate(cfg, cache_dir, teacher, out, count, epochs, say))
     report.load_average = os.getloadavg()
     (out / "report.json").write_text(report.to_json())
     return report

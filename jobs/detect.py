@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from semidff.checkpoint import ModelCheckpoint, build_teacher, check_same_model, load_model_checkpoint
+from semidff.inference import annotated_frames, load_detector
 from semidff.models.video_detector import MODES, VideoTiming
 
 Progress = Callable[[str], None]
@@ -45,13 +45,6 @@ class DetectSummary:
         )
 
 
-def _class_names(checkpoint: ModelCheckpoint) -> list[str]:
-    names = checkpoint.meta.get("class_names")
-    if isinstance(names, list) and len(names) == checkpoint.config.model.num_classes:
-        return [str(name) for name in names]
-    return [f"class {i}" for i in range(1, checkpoint.config.model.num_classes + 1)]
-
-
 def run(
     video: str,
     teacher_checkpoint: str,
@@ -64,66 +57,35 @@ def run(
     max_frames: Optional[int] = None,
     progress: Optional[Progress] = None,
 ) -> DetectSummary:
-    """Annotate ``video`` into ``output`` (.mp4/.mkv/.webm/.avi).
-
-    mode: frame | copy | flow (default: flow when a flow checkpoint is given, else frame).
-    Frame and copy modes run the teacher; flow mode runs the flow checkpoint's student R-FCN heads
-    on features propagated from key frames by its flow network.
-    """
+    """Annotate ``video`` into ``output`` (.mp4/.mkv/.webm/.avi) with the detector of
+    :func:`load_detector` (``mode``, ``key_interval``) and :func:`annotated_frames`."""
     from semidff.data.synthetic import encode_video
-    from semidff.models.build import build_propagator
-    from semidff.models.video_detector import VideoDetector
-    from semidff.preprocess import resolve_device
     from semidff.video.decode import open_video
     from semidff.video.probe import probe_video
-    from semidff.visualize import draw_detections
 
     say = progress or (lambda line: None)
-    mode = mode or ("flow" if flow_checkpoint else "frame")
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
-    if key_interval < 1:
-        raise ValueError(f"key_interval={key_interval}: must be >= 1")
-    if mode == "flow" and not flow_checkpoint:
-        raise ValueError("mode=flow needs --flow FLOW.pt (a checkpoint written by `semidff train`)")
-    torch_device = resolve_device(device)
-    teacher = load_model_checkpoint(teacher_checkpoint, expected_kind="teacher")
-    spatial, propagator, names_from = teacher, None, teacher
-    if mode == "flow":
-        flow = load_model_checkpoint(flow_checkpoint, expected_kind="flow")
-        check_same_model(flow, teacher.config, keys=("model",))
-        spatial = flow
-        propagator = build_propagator(flow.config.model)
-        propagator.load_state_dict(flow.state_dicts["propagator"])
-        propagator = propagator.to(torch_device).eval()
-    rfcn = build_teacher(spatial, torch_device)
-    detector = VideoDetector(rfcn, propagator, key_interval=key_interval, mode=mode)
-    preprocess = spatial.config.preprocess
-    class_names = _class_names(names_from)
+    loaded = load_detector(teacher_checkpoint, flow_checkpoint, mode, key_interval, device)
     info = probe_video(video)
     if not info.ok:
         raise ValueError(f"{video}: cannot be read ({info.error})")
     fps = info.fps or 25.0
     total = min(info.num_frames, max_frames) if max_frames else info.num_frames
-    say(f"{video}: {total} frames at {fps:.2f} fps, {info.width}x{info.height}; mode={mode}, ΔT={key_interval}")
+    say(f"{video}: {total} frames at {fps:.2f} fps, {info.width}x{info.height}; mode={loaded.mode}, ΔT={key_interval}")
     timing = VideoTiming()
     started = time.perf_counter()
 
-    def annotated_frames():
+    def drawn():
         with open_video(video) as opened:
-            frames = opened.iter_frames()
-            limited = (frame for index, frame in enumerate(frames) if index < total)
-            for frame, result in detector.stream(limited, timing, preprocess.short_side, preprocess.max_long_side):
-                kind = "key" if result.is_key else ("copied" if mode == "copy" else "flow")
-                banner = f"{kind} | {mode} dT={key_interval} | {timing.compute_fps:.1f} fps"
-                yield draw_detections(frame, result.detections, class_names, banner, result.is_key, score_threshold)
+            limited = (frame for index, frame in enumerate(opened.iter_frames()) if index < total)
+            for _, image in annotated_frames(loaded, limited, timing, score_threshold):
+                yield image
                 if timing.frames % 50 == 0:
                     say(f"  {timing.frames}/{total} frames, detector {timing.compute_fps:.2f} frames/s")
 
-    output_path = encode_video(annotated_frames(), output, fps=fps)
+    output_path = encode_video(drawn(), output, fps=fps)
     summary = DetectSummary(
         output=output_path,
-        mode=mode,
+        mode=loaded.mode,
         key_interval=key_interval,
         frames=timing.frames,
         key_frames=timing.key_frames,

@@ -19,25 +19,16 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from jobs.train_teacher import dataset_digest
 from semidff.checkpoint import ModelCheckpoint, ModelCheckpointError, check_same_model, load_model_checkpoint
 from semidff.config import Config, ConfigError, load_config
-from semidff.evaluation.report import EvaluationReport, format_report, metrics_for, write_outputs
+from semidff.data.labeled import LabeledDataError, annotations_digest, dataset_digest, load_labeled_dataset
 from semidff.data.records import LabeledDataset
-from semidff.evaluation.run import EvaluationError, annotations_digest, category_ids, evaluate_runs, plan_runs
-from semidff.training.teacher_data import LabeledDataError, load_labeled_dataset
+from semidff.evaluation.report import EvaluationReport, format_report, metrics_for, write_outputs
+from semidff.evaluation.run import EvaluationError, category_ids, evaluate_runs, plan_runs
 
 Progress = Callable[[str], None]
 STAGE = "evaluate"
 CONFIG_FILE = "config.yaml"
-
-
-def _producer(path: Path) -> Optional[str]:
-    """The MLflow run that wrote the folder holding ``path``, if that folder says so."""
-    from semidff.tracking import producing_run
-
-    produced = producing_run(path if path.is_dir() else path.parent)
-    return produced.get("run_id") if produced else None
 
 
 def _load_flow(path: str, teacher: ModelCheckpoint, cfg: Config, say: Progress) -> ModelCheckpoint:
@@ -77,7 +68,7 @@ def run(
     from semidff.checkpoint import build_teacher
     from semidff.models.build import build_propagator
     from semidff.preprocess import resolve_device
-    from semidff.tracking import log_input_dataset, record_output, stage_run, tracking_uri_for
+    from semidff.tracking import log_input_dataset, producer_run_id, record_output, stage_run, tracking_uri_for
 
     say = progress or (lambda line: None)
     modes = list(modes or cfg.evaluation.modes)
@@ -156,11 +147,11 @@ def run(
             "semidff.evaluation.annotations_digest": scored_digest,
             "semidff.evaluation.max_videos": str(max_videos)}
     with stage_run(cfg, STAGE, output, tags=tags) as active:
-        log_input_dataset("evaluation_data", data_path, data_digest, context="evaluation", producer_run_id=_producer(data_path))
+        log_input_dataset("evaluation_data", data_path, data_digest, context="evaluation", producer_run_id=producer_run_id(data_path))
         for name, checkpoint in (("teacher", teacher), ("flow", flow)):
             if checkpoint is not None:
                 log_input_dataset(name, checkpoint.path, checkpoint.sha256, context="model",
-                                  producer_run_id=_producer(Path(checkpoint.path)))
+                                  producer_run_id=producer_run_id(Path(checkpoint.path)))
         results = evaluate_runs(
             dataset, runs, teacher_rfcn, student_rfcn, propagator,
             short_side=cfg.preprocess.short_side, max_long_side=cfg.preprocess.max_long_side,

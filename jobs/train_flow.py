@@ -57,7 +57,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -67,15 +66,20 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from ray.train import UserCallback
 
-# Stage 1's helpers for progress lines from rank 0 and atomic small files (one way to do each).
-from jobs.train_teacher import _ProgressPump, _Reporter, _write_text_atomically
+from pipelines.train_reporting import (
+    ProgressPump,
+    ProgressReporter,
+    StepMetricLog,
+    load_checkpoint_state,
+    report_checkpoint,
+    write_text_atomically,
+)
 from semidff.checkpoint import ModelCheckpoint, ModelCheckpointError, check_same_model, load_model_checkpoint, save_model_checkpoint
 from semidff.config import Config, ConfigError, load_config
 from semidff.training.flow_step import epoch_plan, step_offsets
 
 STAGE = "train"
 FLOW_FILE = "flow.pt"
-STATE_FILE = "state.pt"
 MLFLOW_RUN_FILE = "semidff_mlflow_run.json"  # in the Ray run folder: the MLflow run a rerun reopens
 VALIDATION_SPLIT = "val"
 Progress = Callable[[str], None]
@@ -365,7 +369,7 @@ def run(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from pipelines.ray_session import cluster_has_gpus, ray_session
-    from semidff.tracking import log_input_dataset, record_output, tracking_uri_for
+    from semidff.tracking import log_input_dataset, producer_run_id, record_output, tracking_uri_for
 
     say = progress or (lambda line: None)
     started = time.perf_counter()
@@ -375,8 +379,8 @@ def run(
     name = run_name or default_run_name(cfg, teacher.sha256, source)
     run_dir = output / "ray_results" / name
     _refuse_changed_config(cfg, run_dir)
-    _write_text_atomically(run_dir / "config.yaml", cfg.to_yaml())
-    _write_text_atomically(output / "config.yaml", cfg.to_yaml())
+    write_text_atomically(run_dir / "config.yaml", cfg.to_yaml())
+    write_text_atomically(output / "config.yaml", cfg.to_yaml())
     counts = {step: plan.count(step) for step in dict.fromkeys(plan)}
     say(
         f"train: {' then '.join(f'{n} epoch(s) {step} (d in {list(source.offsets[step])})' for step, n in counts.items())}; "
@@ -396,9 +400,9 @@ def run(
             else:
                 data_name = "teacher_cache" if source.kind == "cache" else "manifest"
                 log_input_dataset(data_name, source.location, source.digest, context="training", producer_run_id=source.producer_run_id)
-                log_input_dataset("teacher", teacher.path, teacher.sha256, context="model", producer_run_id=_producer_of(teacher.path))
+                log_input_dataset("teacher", teacher.path, teacher.sha256, context="model", producer_run_id=producer_run_id(teacher.path))
             say(f"train: MLflow run {run_id} ({tracking_uri}); starting {tcfg.num_workers} Ray Train worker(s)")
-            pump = _ProgressPump(say) if progress is not None else None
+            pump = ProgressPump(say) if progress is not None else None
             trainer = TorchTrainer(
                 train_loop_per_worker,
                 train_loop_config={
@@ -564,7 +568,7 @@ def _mlflow_run(cfg: Config, output: Path, run_dir: Path, name: str, parent_run_
             yield active, True
         return
     with stage_run(cfg, STAGE, output, run_name=name, parent_run_id=parent_run_id, tags=tags) as active:
-        _write_text_atomically(record, json.dumps({"run_id": active.info.run_id, "tracking_uri": tracking_uri}))
+        write_text_atomically(record, json.dumps({"run_id": active.info.run_id, "tracking_uri": tracking_uri}))
         yield active, False
 
 
@@ -587,14 +591,6 @@ def _refuse_changed_config(cfg: Config, run_dir: Path) -> None:
             + "\n  ".join(changed[:12])
             + "\nUse its config again, or another run name (--run-name) or output folder for a new run."
         )
-
-
-def _producer_of(path: Any) -> Optional[str]:
-    from semidff.tracking import producing_run
-
-    produced = producing_run(Path(path).parent)
-    return produced.get("run_id") if produced else None
-
 
 
 class EpochEndReports(UserCallback):
@@ -660,11 +656,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state = _load_state(checkpoint)
         student.load_trained_state_dict(state["student"])
     progress = state["progress"]
-    log = _StepMetricLog(config["tracking_uri"], config["run_id"]) if rank == 0 else None
-    report = _Reporter(config["progress"] if rank == 0 else None)
+    log = StepMetricLog(config["tracking_uri"], config["run_id"]) if rank == 0 else None
+    report = ProgressReporter(config["progress"] if rank == 0 else None)
     if checkpoint is not None:
-        if log is not None:
-            log.restore(state["pending_metrics"])  # steps the cut run had checkpointed but maybe not logged
+        if log is not None:  # steps the cut run had checkpointed but maybe not logged
+            log.restore(state["pending_metrics"], written_for_run_id=state.get("mlflow_run_id"))
             log.tag("semidff.train.resumed_at_step", str(progress["global_step"]))
         report.line(f"resumed at epoch {progress['epoch'] + 1}, batch {progress['batches_done']}, step {progress['global_step']}")
 
@@ -697,7 +693,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         }
 
     if progress["epoch"] >= len(plan):  # nothing left to train: hand the restored state back as the result
-        _report_checkpoint(rank, snapshot() if rank == 0 else {}, epoch_metrics(), progress["global_step"], f"final_{int(time.time())}")
+        report_checkpoint(rank, snapshot() if rank == 0 else {}, epoch_metrics(),
+                          _checkpoint_name(progress["global_step"], f"final_{int(time.time())}"))
         return
 
     while progress["epoch"] < len(plan):
@@ -748,9 +745,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 f"{terms['total']:.4f} (reg {terms['regression']:.4f}, sem {terms['semantic']:.4f}) {pairs_per_s:.1f} pairs/s per worker"
             )
             if progress["global_step"] % tcfg.checkpoint_every_steps == 0:
-                _report_checkpoint(rank, snapshot() if rank == 0 else {},
-                                   {"epoch": epoch, "global_step": progress["global_step"], "epoch_end": False},
-                                   progress["global_step"], "mid")
+                report_checkpoint(rank, snapshot() if rank == 0 else {},
+                                  {"epoch": epoch, "global_step": progress["global_step"], "epoch_end": False},
+                                  _checkpoint_name(progress["global_step"], "mid"))
                 if log is not None:
                     log.flush()  # only after the checkpoint holds these steps: never logged twice
         if sums["steps"] == 0:
@@ -780,7 +777,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             f"({100 * wait_share:.0f} % waiting for data)"
             + "".join(f", {k} {v:.4f}" for k, v in state["validation"].items())
         )
-        _report_checkpoint(rank, snapshot() if rank == 0 else {}, epoch_metrics(), progress["global_step"], "epoch_end")
+        report_checkpoint(rank, snapshot() if rank == 0 else {}, epoch_metrics(), _checkpoint_name(progress["global_step"], "epoch_end"))
         if log is not None:
             log.flush()
 
@@ -847,69 +844,16 @@ def _sum_over_workers(values: list[float], world: int, device: torch.device) -> 
     return tensor.tolist()
 
 
-def _report_checkpoint(rank: int, state: dict[str, Any], metrics: dict[str, Any], global_step: int, kind: str) -> None:
-    """Every rank reports (a barrier in Ray Train V2); rank 0 attaches the checkpoint and returns
-    only once the controller has recorded it in the run's snapshot (what a resume starts from):
-    ``report`` itself may return earlier, and metrics sent in between would be logged again by a
-    run cut there."""
-    import ray.train
-
-    with tempfile.TemporaryDirectory(prefix="semidff-flow-ckpt-") as folder:
-        checkpoint = None
-        if rank == 0:
-            torch.save(state, os.path.join(folder, STATE_FILE))
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_step{global_step:08d}_{kind}")
-    if rank == 0:
-        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
+def _checkpoint_name(global_step: int, kind: str) -> str:
+    """A checkpoint's folder in the Ray run: the step it holds and why it was taken."""
+    return f"checkpoint_step{global_step:08d}_{kind}"
 
 
 def _load_state(checkpoint: Any) -> dict[str, Any]:
     """The training state in a Ray Train checkpoint (weights_only: tensors, numbers, strings)."""
     if checkpoint is None:
         raise RuntimeError("flow training ended without a checkpoint; see the Ray Train log above")
-    with checkpoint.as_directory() as folder:
-        return torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
-
-
-class _StepMetricLog:
-    """Rank 0's per-step metrics for the stage's MLflow run, sent right after each checkpoint.
-
-    The rows not yet sent also go into each checkpoint; a resumed run sends those whose step its
-    MLflow run does not hold yet. So every step is logged exactly once, whether the run was cut
-    before or after a checkpoint's rows were sent.
-    """
-
-    def __init__(self, tracking_uri: str, run_id: str):
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(tracking_uri)
-        self.run_id = run_id
-        self.pending: list[tuple[str, float, int, int]] = []  # (key, value, timestamp ms, step)
-
-    def add(self, step: int, metrics: dict[str, float]) -> None:
-        timestamp = int(time.time() * 1000)
-        self.pending += [(key, float(value), timestamp, int(step)) for key, value in metrics.items()]
-
-    def rows(self) -> list[tuple[str, float, int, int]]:
-        return list(self.pending)
-
-    def restore(self, rows: list) -> None:
-        logged = self.client.get_metric_history(self.run_id, "train/total")
-        last_logged = max((m.step for m in logged), default=-1)
-        self.pending = [tuple(row) for row in rows if int(row[3]) > last_logged]
-        self.flush()
-
-    def tag(self, key: str, value: str) -> None:
-        self.client.set_tag(self.run_id, key, value)
-
-    def flush(self) -> None:
-        from mlflow.entities import Metric
-
-        metrics = [Metric(key, value, timestamp, step) for key, value, timestamp, step in self.pending]
-        for start in range(0, len(metrics), 1000):  # MLflow's batch limit
-            self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
-        self.pending = []
+    return load_checkpoint_state(checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------

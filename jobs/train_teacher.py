@@ -17,19 +17,17 @@ Workers (``teacher_training.num_workers``, each ``cpus_per_worker`` CPUs, a GPU 
 ``use_gpu``, default: when the cluster has GPUs) each decode their own shard of the labeled frames
 (``semidff/training/teacher_data.py`` says why) and run ``teacher_step.train_step``; DDP averages
 the gradients (gloo on CPU, NCCL on GPU; the step runs in fp32 on both, no autocast). The MLflow run is started here, on the driver; rank 0
-logs per-step loss terms, lr and images/s into it. Metrics are sent with each checkpoint
-(every ``checkpoint_every_steps`` and at each epoch end), so a worker failure or a rerun that
-resumes from a checkpoint never logs a step twice: the steps after the last checkpoint are done
-again and logged once. A rerun gets its own MLflow run, tagged with the step it resumed at and
-the run it continued.
+logs per-step loss terms, lr and images/s into it. Metrics are sent once the checkpoint holding
+their steps is committed (every ``checkpoint_every_steps`` and at each epoch end;
+``pipelines/train_reporting.py``), so a worker failure (``teacher_training.max_failures``
+restarts within the run) or a rerun that resumes from a checkpoint never logs a step twice: the
+steps after the last checkpoint are done again and logged once. A rerun gets its own MLflow run,
+tagged with the step it resumed at and the run it continued.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,15 +36,21 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from semidff.checkpoint import ModelCheckpoint, check_same_model, file_sha256, save_model_checkpoint
-from semidff.config import Config, ConfigError, TeacherDataConfig, load_config
-from semidff.data.records import LabeledDataset
-from semidff.training.teacher_data import LabeledDataError, LabeledFrames, labeled_frames, load_labeled_dataset
+from pipelines.train_reporting import (
+    ProgressPump,
+    ProgressReporter,
+    StepMetricLog,
+    load_checkpoint_state,
+    report_checkpoint,
+    write_text_atomically,
+)
+from semidff.checkpoint import ModelCheckpoint, check_same_model, save_model_checkpoint
+from semidff.config import Config, ConfigError, load_config
+from semidff.data.labeled import LabeledDataError, dataset_digest, load_labeled_dataset
+from semidff.training.teacher_data import LabeledFrames, labeled_frames
 
 STAGE = "train-teacher"
-STATE_FILE = "state.pt"
 CHECKPOINT_NAME = "teacher.pt"
-PROGRESS_EVERY_S = 10.0
 LOSS_TERMS = ("total", "rpn_cls", "rpn_box", "rfcn_cls", "rfcn_box")
 
 
@@ -61,7 +65,7 @@ class TeacherTrainingResult:
     checkpoint: <output_dir>/teacher.pt; sha256: its checksum (what later stages record).
     epochs / steps: epochs completed and optimiser steps taken in total (over all resumed runs).
     final_losses: mean of each loss term over the last epoch (rank 0's batches).
-    dataset_digest: SHA-256 of the annotation file (see :func:`dataset_digest`).
+    dataset_digest: SHA-256 of the annotation file (:func:`semidff.data.labeled.dataset_digest`).
     wall_s: seconds of this call.
     """
 
@@ -75,17 +79,6 @@ class TeacherTrainingResult:
     dataset_digest: str
     num_samples: int
     wall_s: float
-
-
-def dataset_digest(data: TeacherDataConfig, dataset: LabeledDataset) -> str:
-    """SHA-256 of the annotation file (custom JSON, YT-BB CSV); for ImageNet VID/DET, whose
-    annotations are one XML per frame, :func:`semidff.evaluation.run.annotations_digest` of the
-    annotations read (the same digest the evaluation logs for its dataset)."""
-    if data.format in ("custom", "youtube_bb") and data.path and "://" not in data.path:
-        return file_sha256(Path(data.path).expanduser())
-    from semidff.evaluation.run import annotations_digest
-
-    return annotations_digest(dataset)
 
 
 def run(
@@ -128,7 +121,7 @@ def run(
         )
     digest = dataset_digest(tcfg.data, dataset)
     _refuse_other_architecture(cfg, output_dir, name)
-    _write_text_atomically(output_dir / "config.yaml", cfg.to_yaml())
+    write_text_atomically(output_dir / "config.yaml", cfg.to_yaml())
     say(
         f"train-teacher: {len(frames)} labeled frames from {len(dataset.videos)} videos "
         f"({frames.skipped_empty} frames without objects skipped), {tcfg.epochs} epochs, "
@@ -142,7 +135,7 @@ def run(
             run_id = active.info.run_id
             log_input_dataset("labeled_frames", source=tcfg.data.path, digest=digest, context="training")
             mlflow.set_tags({"semidff.train_teacher.num_samples": str(len(frames)), "semidff.train_teacher.use_gpu": str(use_gpu)})
-            lines = _ProgressPump(say)
+            lines = ProgressPump(say)
             trainer = TorchTrainer(
                 train_loop_per_worker,
                 train_loop_config={
@@ -245,9 +238,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         previous_run_id = state.get("mlflow_run_id")
     torch.manual_seed(int(np.random.SeedSequence([cfg.seed, rank, global_step]).generate_state(1)[0]))  # anchor sampling
 
-    metrics_log = _MetricLog(config["tracking_uri"], config["run_id"]) if rank == 0 else None
-    report = _Reporter(config["progress"] if rank == 0 else None)
+    metrics_log = StepMetricLog(config["tracking_uri"], config["run_id"]) if rank == 0 else None
+    report = ProgressReporter(config["progress"] if rank == 0 else None)
     if metrics_log is not None and checkpoint is not None:
+        # A worker restart within this fit continues this MLflow run: send the steps the cut worker
+        # had checkpointed but maybe not logged. (A rerun opens a new run, which starts here.)
+        metrics_log.restore(state.get("pending_metrics", []), written_for_run_id=previous_run_id)
         metrics_log.tag("semidff.train_teacher.resumed_at_step", str(global_step))
         if previous_run_id and previous_run_id != config["run_id"]:
             metrics_log.tag("semidff.train_teacher.resumed_from_run", previous_run_id)
@@ -263,12 +259,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "loss_sums": dict(loss_sums),
             "loss_count": loss_count,
             "last_epoch_losses": dict(last_epoch_losses),
+            "pending_metrics": metrics_log.rows() if metrics_log is not None else [],
             "mlflow_run_id": config["run_id"],
             "world_size": world,
         }
 
     if epoch >= tcfg.epochs:  # nothing left to train: hand the restored state back as the result
-        _report_checkpoint(rank, state_dict(epoch, 0), {"epoch": epoch, "step": global_step})
+        report_checkpoint(rank, state_dict(epoch, 0), {"epoch": epoch, "step": global_step})
         return
 
     model.train()
@@ -303,6 +300,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if end_of_epoch:
                 last_epoch_losses = {k: v / max(loss_count, 1) for k, v in loss_sums.items()}
                 loss_sums, loss_count = dict.fromkeys(LOSS_TERMS, 0.0), 0
+                if metrics_log is not None:  # before the checkpoint: its state holds these rows too
+                    metrics_log.add(global_step, {f"epoch/{k}": v for k, v in last_epoch_losses.items()})
                 state = state_dict(epoch + 1, 0)
                 metrics = {"epoch": epoch + 1, "step": global_step, **{f"epoch_{k}": v for k, v in last_epoch_losses.items()}}
             elif global_step % tcfg.checkpoint_every_steps == 0:
@@ -310,110 +309,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 metrics = {"epoch": epoch, "step": global_step}
             else:
                 continue
-            _report_checkpoint(rank, state, metrics)
+            report_checkpoint(rank, state, metrics)  # returns once the checkpoint is committed
             if metrics_log is not None:
-                if end_of_epoch:
-                    metrics_log.add(global_step, {f"epoch/{k}": v for k, v in last_epoch_losses.items()})
-                metrics_log.flush()  # only after the checkpoint holds these steps: never logged twice
+                metrics_log.flush()  # only after a committed checkpoint holds these steps: never logged twice
         epoch, start_batch = epoch + 1, 0
-
-
-def _report_checkpoint(rank: int, state: dict[str, Any], metrics: dict[str, Any]) -> None:
-    """Every rank reports (a barrier in Ray Train V2); rank 0 attaches the checkpoint."""
-    import ray.train
-
-    with tempfile.TemporaryDirectory(prefix="semidff-teacher-ckpt-") as folder:
-        checkpoint = None
-        if rank == 0:
-            torch.save(state, os.path.join(folder, STATE_FILE))
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def _load_state(checkpoint: Any) -> dict[str, Any]:
     """The training state saved in a Ray Train checkpoint (weights_only: plain tensors and numbers)."""
     if checkpoint is None:
         raise TeacherTrainingError("teacher training ended without a checkpoint; see the Ray Train log above")
-    with checkpoint.as_directory() as folder:
-        return torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
-
-
-class _MetricLog:
-    """Rank 0's per-step metrics, sent to the stage's MLflow run in batches at each checkpoint."""
-
-    def __init__(self, tracking_uri: str, run_id: str):
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(tracking_uri)
-        self.run_id = run_id
-        self.pending: list[Any] = []
-
-    def add(self, step: int, metrics: dict[str, float]) -> None:
-        from mlflow.entities import Metric
-
-        timestamp = int(time.time() * 1000)
-        self.pending += [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
-
-    def tag(self, key: str, value: str) -> None:
-        self.client.set_tag(self.run_id, key, value)
-
-    def flush(self) -> None:
-        for start in range(0, len(self.pending), 1000):  # MLflow's batch limit
-            self.client.log_batch(self.run_id, metrics=self.pending[start : start + 1000])
-        self.pending = []
-
-
-class _Reporter:
-    """Rank 0's progress lines, sent to the driver through a Ray queue (at most one per PROGRESS_EVERY_S)."""
-
-    def __init__(self, queue: Any):
-        self.queue = queue
-        self.last = 0.0
-
-    def line(self, text: str) -> None:
-        if self.queue is not None:
-            try:
-                self.queue.put_nowait(text)
-            except Exception:  # noqa: BLE001 - a full or gone queue must never stop training
-                pass
-
-    def maybe_line(self, text: str, force: bool = False) -> None:
-        if self.queue is not None and (force or time.monotonic() - self.last >= PROGRESS_EVERY_S):
-            self.last = time.monotonic()
-            self.line(text)
-
-
-class _ProgressPump:
-    """A Ray queue the workers write progress lines to, and a driver thread that prints them."""
-
-    def __init__(self, say: Callable[[str], None]):
-        from ray.util.queue import Queue
-
-        self.say = say
-        self.queue = Queue(maxsize=1000, actor_options={"num_cpus": 0})
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._pump, name="teacher-progress", daemon=True)
-
-    def _pump(self) -> None:
-        from ray.util.queue import Empty
-
-        while True:
-            try:
-                self.say(self.queue.get(timeout=0.5))
-            except Empty:
-                if self.stop.is_set():
-                    return
-            except Exception:  # noqa: BLE001 - the queue actor is gone (Ray shutting down)
-                return
-
-    def __enter__(self) -> "_ProgressPump":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop.set()
-        self.thread.join(timeout=10)
-        self.queue.shutdown()
+    return load_checkpoint_state(checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,13 +341,6 @@ def _refuse_other_architecture(cfg: Config, output_dir: Path, name: str) -> None
             f"{output_dir} holds an earlier teacher run that a rerun would resume, with another model or "
             f"preprocessing; use a new --output folder (or the earlier config).\n{exc}"
         ) from None
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

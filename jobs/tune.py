@@ -669,9 +669,9 @@ def _run_sweep(cfg: Config, space: SearchSpace, max_t: int, quasi_points: list[d
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from jobs.train_flow import _producer_of, cache_digest
+    from jobs.train_flow import cache_digest
     from pipelines.ray_session import ray_session
-    from semidff.tracking import log_input_dataset, record_output, stage_run
+    from semidff.tracking import log_input_dataset, producer_run_id, record_output, stage_run
 
     tcfg = cfg.tune
     storage = output / TUNE_DIR
@@ -698,8 +698,8 @@ def _run_sweep(cfg: Config, space: SearchSpace, max_t: int, quasi_points: list[d
             parent_run_id = parent.info.run_id
             if not earlier_run:
                 log_input_dataset("teacher_cache", cache_dir, cache_digest(cache_dir), context="training",
-                                  producer_run_id=_producer_of(Path(cache_dir) / "cache_info.json"))
-                log_input_dataset("teacher", teacher.path, teacher.sha256, context="model", producer_run_id=_producer_of(teacher.path))
+                                  producer_run_id=producer_run_id(Path(cache_dir) / "cache_info.json"))
+                log_input_dataset("teacher", teacher.path, teacher.sha256, context="model", producer_run_id=producer_run_id(teacher.path))
             _write_json(storage / STATE_FILE, {"parent_run_id": parent_run_id, "tracking_uri": tracking_uri, "config_digest": digest})
             setup = {
                 "base_config": trial_base.model_dump(mode="json"),

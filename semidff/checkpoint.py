@@ -65,7 +65,13 @@ def save_model_checkpoint(
     state_dicts: dict[str, dict[str, torch.Tensor]],
     meta: Optional[dict[str, Any]] = None,
 ) -> str:
-    """Write a checkpoint atomically (temporary file, then rename) and return its SHA-256."""
+    """Write a checkpoint atomically (temporary file, then rename) and return its SHA-256.
+
+    The same content gives the same bytes (and so the same SHA-256) whatever the path: torch
+    names the records inside its zip archive after the file it is given by name, so the payload
+    is written through an open handle (records named "archive/...") rather than to the temporary
+    file's random name.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -75,10 +81,10 @@ def save_model_checkpoint(
         "state_dicts": {name: {k: v.detach().cpu() for k, v in sd.items()} for name, sd in state_dicts.items()},
         "meta": dict(meta or {}),
     }
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        torch.save(payload, temporary)
+        with os.fdopen(descriptor, "wb") as handle:
+            torch.save(payload, handle)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -163,7 +163,7 @@ def evaluate(
     from jobs.evaluate import parse_key_intervals, parse_modes, run as run_evaluate
     from semidff.checkpoint import ModelCheckpointError
     from semidff.evaluation.run import EvaluationError
-    from semidff.training.teacher_data import LabeledDataError
+    from semidff.data.labeled import LabeledDataError
 
     cfg = resolve_config(config, overrides)
     try:
@@ -322,7 +322,7 @@ def train_teacher(
 ) -> None:
     """Stage 1: train the R-FCN teacher on teacher_training.data (Eq. 2-3) with Ray Train; resumes from the latest checkpoint."""
     from jobs.train_teacher import TeacherTrainingError, run as run_train_teacher
-    from semidff.training.teacher_data import LabeledDataError
+    from semidff.data.labeled import LabeledDataError
 
     cfg = resolve_config(config, overrides)
     try:
@@ -349,7 +349,7 @@ def benchmark_teacher(
     """Train the tiny teacher on the synthetic set on this machine, then its val mAP in frame and copy mode at ΔT=10."""
     from jobs.benchmark_teacher import TINY_CONFIG, format_report, run as run_benchmark
     from jobs.train_teacher import TeacherTrainingError
-    from semidff.training.teacher_data import LabeledDataError
+    from semidff.data.labeled import LabeledDataError
 
     cfg = resolve_config(config or TINY_CONFIG, overrides)
     try:
@@ -589,6 +589,29 @@ def benchmark_train(
         raise typer.Exit(2) from None
     report = run_benchmark(cfg, output, counts, epochs, repeats, videos, frames, progress=lambda line: typer.echo(line, err=True))
     typer.echo(format_report(report))
+
+
+@app.command("demo")
+def demo(
+    overrides: Optional[List[str]] = OVERRIDES_ARGUMENT,
+    output: Path = typer.Option(Path("runs/demo"), "--output", "-o", help="work folder; a rerun reuses every step it finished with the same settings"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: jobs/configs/tiny.yaml, the CPU model)"),
+) -> None:
+    """The whole system on this machine: synthetic videos → teacher → manifest → cache → flow training
+    (regression, semantic, two-step) → evaluation of frame/copy/flow at ΔT 1, 5, 10, 20 → report.
+
+    Local Ray, MLflow SQLite store in the output folder, no download, no GPU; about 15 minutes on 2 CPU cores.
+    Sizes: demo.* keys (e.g. demo.unlabeled_videos=32); training.* and evaluation.key_intervals apply too.
+    """
+    from jobs.demo import DEMO_OVERRIDES, TINY_CONFIG, DemoError, format_result, run as run_demo
+
+    cfg = resolve_config(config or TINY_CONFIG, DEMO_OVERRIDES + list(overrides or []))
+    try:
+        result = run_demo(cfg, output, progress=lambda line: typer.echo(line, err=True))
+    except DemoError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(format_result(result))
 
 
 def main() -> None:

@@ -281,6 +281,32 @@ class EvaluationConfig(_Section):
         return data
 
 
+class DemoConfig(_Section):
+    """``semidff demo``: the synthetic corpus it generates and the stage-2 variants it compares."""
+
+    train_videos: int = Field(12, ge=1, description="labeled synthetic videos for the teacher (stage 1)")
+    val_videos: int = Field(4, ge=1, description="labeled synthetic videos every mode is evaluated on")
+    unlabeled_videos: int = Field(16, ge=1, description="synthetic videos whose labels are never read: stage 2's unlabeled corpus")
+    frames_per_video: int = Field(60, ge=2, description="frames per synthetic video (25 fps)")
+    width: int = Field(256, ge=32, description="synthetic frame width (even)")
+    height: int = Field(160, ge=32, description="synthetic frame height (even)")
+    variants: list[Literal["regression", "semantic", "two_step"]] = Field(
+        default_factory=lambda: ["regression", "semantic", "two_step"], min_length=1,
+        description="stage-2 schedules trained and compared (paper Table 1: semi-DFF reg, sem, two-step)",
+    )
+    example_key_interval: int = Field(10, ge=1, description="ΔT of the annotated example frames and the headline table")
+    example_frames: int = Field(4, ge=1, le=16, description="annotated frames drawn per mode for the report")
+
+    @model_validator(mode="after")
+    def _even_size(self) -> "DemoConfig":
+        for name in ("width", "height"):
+            if getattr(self, name) % 2:
+                raise ValueError(f"demo.{name}={getattr(self, name)}: must be even (4:2:0 video); e.g. {getattr(self, name) + 1}")
+        if len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"demo.variants={self.variants}: each variant once")
+        return self
+
+
 class Config(_Section):
     """The whole resolved configuration of a semidff run."""
 
@@ -298,6 +324,7 @@ class Config(_Section):
     training: FlowTrainingConfig = Field(default_factory=FlowTrainingConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
 
     def to_yaml(self) -> str:
         """The resolved config as YAML, in the same shape :func:`load_config` reads."""

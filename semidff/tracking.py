@@ -6,7 +6,9 @@
         record_output(out, run.info.run_id, stage="cache", tracking_uri=tracking_uri_for(cfg, out))
 
 Embedded default: with no ``mlflow.tracking_uri`` in the config, runs go to
-``sqlite:///<output dir>/mlflow.db``. A stage marks its output folder with the run that produced
+``sqlite:///<output dir>/mlflow.db``. A local SQLite store keeps its artifacts beside the database,
+in ``mlartifacts/`` (:func:`artifact_location_for`), not in ``./mlruns`` of whatever folder the
+command ran in (MLflow's own default). A stage marks its output folder with the run that produced
 it (:data:`OUTPUT_RUN_FILE`), and the next stage that reads that folder tags its own run with the
 producer's run id (``semidff.input.<name>.run_id``); ``semidff lineage`` follows these tags back.
 """
@@ -22,6 +24,7 @@ from typing import Any, Iterator, Optional
 from semidff.config import Config
 
 OUTPUT_RUN_FILE = "_semidff_run.json"
+ARTIFACTS_DIR = "mlartifacts"
 STAGE_TAG = "semidff.stage"
 OUTPUT_TAG = "semidff.output"
 INPUT_TAG_PREFIX = "semidff.input."
@@ -36,6 +39,35 @@ def tracking_uri_for(cfg: Config, output_dir: str | Path) -> str:
     path = Path(output_dir).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path / 'mlflow.db'}"
+
+
+def artifact_location_for(tracking_uri: str) -> Optional[str]:
+    """Where a new experiment in this store keeps its run artifacts: for a local SQLite file
+    (``sqlite:///<folder>/<name>.db``, relative paths from the current folder) the file URI of
+    ``<folder>/mlartifacts``; None for any other store (a tracking server decides for itself)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+    if not database or database == ":memory:":
+        return None
+    return (Path(database).expanduser().resolve().parent / ARTIFACTS_DIR).as_uri()
+
+
+def use_experiment(name: str, tracking_uri: str) -> Any:
+    """Make ``name`` the active experiment of ``tracking_uri`` (already MLflow's tracking URI),
+    creating it with :func:`artifact_location_for` when the store does not hold it yet. An
+    experiment that exists keeps the artifact location it was created with."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    location = artifact_location_for(tracking_uri)
+    if location and mlflow.get_experiment_by_name(name) is None:
+        try:
+            mlflow.create_experiment(name, artifact_location=location)
+        except MlflowException as exc:  # another process created it in between
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+    return mlflow.set_experiment(name)
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, str]:
@@ -69,9 +101,10 @@ def stage_run(
     # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; put the caller's value back after the
     # run, or every later stage in this process would take this stage's store as its default.
     user_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(tracking_uri_for(cfg, output_dir))
+    tracking_uri = tracking_uri_for(cfg, output_dir)
+    mlflow.set_tracking_uri(tracking_uri)
     try:
-        mlflow.set_experiment(cfg.mlflow.experiment)
+        use_experiment(cfg.mlflow.experiment, tracking_uri)
         all_tags = {STAGE_TAG: stage, OUTPUT_TAG: str(output_dir)} | dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
@@ -140,3 +173,12 @@ def producing_run(input_dir: str | Path) -> Optional[dict[str, str]]:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def producer_run_id(path: str | Path) -> Optional[str]:
+    """The id of the MLflow run that wrote ``path`` (a folder, or a file in a folder) when that
+    folder says so (:func:`record_output`), else None: what ``log_input_dataset`` records as an
+    input's producer."""
+    path = Path(path)
+    produced = producing_run(path if path.is_dir() else path.parent)
+    return produced.get("run_id") if produced else None

@@ -6,6 +6,8 @@
 * ``custom_format.py``: the documented JSON format for users' own labeled videos
   (``semidff-video/1``): load, write, and validate (``semidff data check FILE.json``).
 * ``imagenet_vid.py``, ``youtube_bb.py``: readers of the public datasets.
+* ``labeled.py``: the dataset a config data section names (``teacher_training.data``,
+  ``evaluation.data``), read with the right reader, and its digests for MLflow lineage.
 * ``synthetic.py``: a generator of small labeled videos (textured moving objects over a panned
   textured background), written as H.264 files plus a ``semidff-video/1`` JSON; tests and the demo
   use it.

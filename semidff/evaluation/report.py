@@ -240,25 +240,49 @@ def read_coco_predictions(path: str | Path, category_ids: Sequence[int]) -> list
 # Plot
 
 
-def plot_map_and_fps(results: Sequence[ModeResult], path: str | Path) -> Path:
-    """A PNG with mAP (%) against ΔT and detector frames/s against ΔT, one line per mode."""
+@dataclass(frozen=True)
+class Curve:
+    """One line of the mAP / frames/s against ΔT plot.
+
+    points: (ΔT, mAP as a fraction, detector frames/s), any order. constant: the same detector at
+    every ΔT (``frame`` mode, one point), drawn as a dashed level across the plotted ΔT range.
+    """
+
+    label: str
+    points: tuple[tuple[int, float, float], ...]
+    constant: bool = False
+
+
+def curves_for(results: Sequence[ModeResult]) -> list[Curve]:
+    """One curve per mode of ``results`` (``frame`` constant), in the order the modes appear."""
+    return [
+        Curve(mode, tuple((r.key_interval, r.map, r.fps) for r in results if r.mode == mode), constant=mode == "frame")
+        for mode in dict.fromkeys(r.mode for r in results)
+    ]
+
+
+_STYLES = {"frame": ("tab:gray", "--"), "copy": ("tab:orange", "-"), "flow": ("tab:blue", "-")}
+
+
+def plot_curves(curves: Sequence[Curve], path: str | Path) -> Path:
+    """A PNG with mAP (%) against ΔT (left) and detector frames/s against ΔT (right), one line per
+    curve (``frame``, ``copy`` and ``flow`` keep fixed colours; other labels take the next ones)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(figure)  # Agg: no display and no global pyplot state
     map_axes, fps_axes = figure.subplots(1, 2)
-    intervals = sorted({r.key_interval for r in results})
+    intervals = sorted({point[0] for curve in curves for point in curve.points})
     span = (min(intervals), max(intervals))
-    styles = {"frame": ("tab:gray", "--"), "copy": ("tab:orange", "-"), "flow": ("tab:blue", "-")}
-    for mode in dict.fromkeys(r.mode for r in results):
-        runs = sorted((r for r in results if r.mode == mode), key=lambda r: r.key_interval)
-        color, line = styles.get(mode, (None, "-"))
-        for axes, values in ((map_axes, [100 * r.map for r in runs]), (fps_axes, [r.fps for r in runs])):
-            if mode == "frame" and span[0] < span[1]:  # the same detector at every ΔT
-                axes.plot(span, [values[0]] * 2, line, color=color, label="frame (every frame)")
+    for curve in curves:
+        points = sorted(curve.points)
+        color, line = _STYLES.get(curve.label, (None, "-"))
+        for axes, values in ((map_axes, [100 * p[1] for p in points]), (fps_axes, [p[2] for p in points])):
+            if curve.constant and span[0] < span[1]:
+                axes.plot(span, [values[0]] * 2, "--", color=color, label=f"{curve.label} (every frame)")
             else:
-                axes.plot([r.key_interval for r in runs], values, line, marker="o", color=color, label=mode)
+                axes.plot([p[0] for p in points], values, line, marker="o", color=color, label=curve.label)
     for axes, ylabel, title in ((map_axes, "mAP@0.5 (%)", "accuracy"), (fps_axes, "frames/s (detector)", "speed")):
         axes.set_xlabel("key-frame interval ΔT (frames)")
         axes.set_ylabel(ylabel)
@@ -271,6 +295,11 @@ def plot_map_and_fps(results: Sequence[ModeResult], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")
     return path
+
+
+def plot_map_and_fps(results: Sequence[ModeResult], path: str | Path) -> Path:
+    """A PNG with mAP (%) against ΔT and detector frames/s against ΔT, one line per mode."""
+    return plot_curves(curves_for(results), path)
 
 
 # ---------------------------------------------------------------------------------------------

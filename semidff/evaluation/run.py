@@ -1,6 +1,6 @@
 """Run a video detector over a labeled dataset in each (mode, key interval) and score every run.
 
-    dataset = load_labeled_dataset(cfg.evaluation.data, key="evaluation.data")   # semidff.training.teacher_data
+    dataset = load_labeled_dataset(cfg.evaluation.data, key="evaluation.data")   # semidff.data.labeled
     runs = plan_runs(["frame", "copy", "flow"], [1, 10])   # frame/dt1, copy/dt1, copy/dt10, flow/dt1, flow/dt10
     results = evaluate_runs(dataset, runs, teacher_rfcn, student_rfcn, propagator, short_side=600, max_long_side=1000)
     results[-1].map, results[-1].fps, results[-1].result.format_table()
@@ -21,7 +21,6 @@ and the output files.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -101,20 +100,6 @@ def category_ids(data: TeacherDataConfig, dataset: LabeledDataset) -> list[int]:
         categories = json.loads(Path(data.path).expanduser().read_text(encoding="utf-8"))["categories"]
         return sorted(int(c["id"]) for c in categories)
     return list(range(1, dataset.num_classes() + 1))
-
-
-def annotations_digest(dataset: LabeledDataset) -> str:
-    """SHA-256 of what is scored: class names and, per video, its id, size and every annotated
-    frame's boxes, labels and tracks. Stable for the same annotations whatever file they came from."""
-    digest = hashlib.sha256(json.dumps(dataset.class_names).encode())
-    for video in dataset.videos:
-        digest.update(json.dumps([video.video_id, video.width, video.height, video.num_frames]).encode())
-        for frame in video.frames:
-            digest.update(np.int64(frame.frame_index).tobytes())
-            digest.update(np.ascontiguousarray(frame.boxes(), dtype=np.float64).tobytes())
-            digest.update(frame.labels().tobytes())
-            digest.update(frame.track_ids().tobytes())
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

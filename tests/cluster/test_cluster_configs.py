@@ -173,9 +173,10 @@ def test_kubernetes_objects_have_api_version_kind_and_name(path):
             assert doc["apiVersion"] == "ray.io/v1"
         else:
             assert (doc["apiVersion"], doc["kind"]) == ("v1", "PersistentVolumeClaim")
-        for where, value in walk(doc):  # no service published outside the Kubernetes cluster
+        for where, value in walk(doc):  # no service published outside the Kubernetes cluster, no port on the node's address
             if where and where[-1] in ("serviceType", "type") and isinstance(value, str):
                 assert value not in ("LoadBalancer", "NodePort"), f"{path.name}: {'.'.join(map(str, where))}={value}"
+            assert not (where and where[-1] in ("hostPort", "hostNetwork") and value), f"{path.name}: {'.'.join(map(str, where))}={value}"
 
 
 def test_kuberay_files_hold_one_raycluster_and_the_three_rayjobs():
@@ -185,7 +186,9 @@ def test_kuberay_files_hold_one_raycluster_and_the_three_rayjobs():
         assert kinds[name] == ["RayJob"]
     claims = [doc["metadata"]["name"] for doc in load_documents(CLUSTER / "kuberay" / "storage.yaml")]
     assert claims == [DATA_CLAIM]
-    assert load_documents(CLUSTER / "kuberay" / "storage.yaml")[0]["spec"]["accessModes"] == ["ReadWriteMany"]
+    (claim,) = load_documents(CLUSTER / "kuberay" / "storage.yaml")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert re.fullmatch(r"\d+(Ki|Mi|Gi|Ti|Pi)", claim["spec"]["resources"]["requests"]["storage"])  # Kubernetes requires a size
 
 
 @pytest.mark.parametrize("name, spec", list(ray_cluster_specs()), ids=lambda v: v if isinstance(v, str) else "")
@@ -298,3 +301,14 @@ def test_readme_names_every_file_and_the_submit_commands():
         assert f"semidff submit -- {stage} " in readme or f"semidff submit --no-wait -- {stage} " in readme, stage
     for command in ("semidff job status", "semidff job logs", "semidff job stop"):
         assert command in readme
+
+
+def test_readme_sizing_guide_is_filled_in():
+    sizing = (CLUSTER / "README.md").read_text().split("## Sizing for a YouTube-BB-scale corpus", 1)[1]
+    assert "TO FILL" not in sizing
+    rows = [line for line in sizing.splitlines() if re.match(r"\| \d+ A10G actors", line)]
+    assert len(rows) == 3
+    for row in rows:  # every cell a number (or "same"), estimates and CPU figures labelled
+        cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
+        assert all(re.search(r"\d", cell) or cell == "same" for cell in cells), row
+        assert "(E)" in row and "(CPU)" in row, row

@@ -1,7 +1,7 @@
 """Detector runs over labeled video (semidff/evaluation/run.py) on real encoded synthetic videos with a
 tiny random R-FCN: which runs are planned, copy/flow predictions against frame mode exactly, boxes
 in original pixels, frame folders against encoded files, sparse labels, ImageNet VID layout, errors.
-Datasets are read with the shared reader of config data sections (semidff.training.teacher_data)."""
+Datasets are read with the shared reader of config data sections (semidff.data.labeled)."""
 from tests.video_fixtures import write_video  # noqa: F401  (PyAV before decord, see tests/video_fixtures.py)
 
 import math
@@ -25,7 +25,7 @@ from semidff.evaluation.run import (
     video_frames,
 )
 from semidff.models.build import build_propagator, build_rfcn
-from semidff.training.teacher_data import load_labeled_dataset
+from semidff.data.labeled import load_labeled_dataset
 
 WIDTH, HEIGHT, FRAMES = 128, 96, 8
 

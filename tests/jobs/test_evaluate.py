@@ -16,7 +16,7 @@ from semidff.config import ConfigError, load_config
 from semidff.data.synthetic import generate_synthetic_dataset
 from semidff.evaluation.run import EvaluationError
 from semidff.models.build import build_propagator, build_rfcn
-from semidff.training.teacher_data import LabeledDataError
+from semidff.data.labeled import LabeledDataError
 from semidff.tracking import OUTPUT_RUN_FILE, record_output
 
 TINY = "jobs/configs/tiny.yaml"

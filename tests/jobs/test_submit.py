@@ -3,14 +3,15 @@
 Fast tests: address forms, the token switch, stage parsing with the config relocated into the
 upload, the excludes matched the way Ray's own packaging matches them, an unreachable address
 failing in seconds. Slow tests (one real head node, `ray start --head` on 127.0.0.1 with token
-auth, for the module): a chain of stages submitted in order and awaited (today the manifest;
-cache and train join :data:`CHAIN` when their commands exist), a config from outside the working
-directory reaching the job, a failing stage exiting 1, a long job stopped, a client without the
-token refused with the fix.
+auth, for the module): the manifest -> cache -> train chain (:data:`CHAIN`, two real videos and a
+random tiny teacher) submitted stage by stage and awaited, each stage's logs read back and its
+outputs checked, a config from outside the working directory reaching the job, a failing stage
+exiting 1, a long job stopped, a client without the token refused with the fix.
 """
 from __future__ import annotations
 
 import errno
+import json
 import os
 import secrets
 import shutil
@@ -32,6 +33,7 @@ import pytest
 import yaml
 
 from tests.video_fixtures import write_video  # PyAV before decord
+from tests.teacher_checkpoints import save_random_teacher
 
 from jobs.submit import (
     DEFAULT_EXCLUDES,
@@ -44,6 +46,10 @@ from jobs.submit import (
     resolve_address,
     use_token_auth_if_available,
 )
+from semidff.cache.files import inspect_cache
+from semidff.checkpoint import file_sha256, load_model_checkpoint
+from semidff.config import load_config
+from semidff.tracking import ARTIFACTS_DIR, OUTPUT_RUN_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -252,6 +258,7 @@ def _start_head(root: Path, env: dict) -> subprocess.Popen:
                "--num-cpus=2", "--disable-usage-stats", f"--temp-dir={root / 'ray'}",
                *(f"--{name}={port}" for name, port in ports.items())]
     log = open(root / "head.log", "w")
+    env = dict(env, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="2")  # on SIGTERM the node drains up to 30 s by default
     process = subprocess.Popen(command, env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     process.dashboard_port = ports["dashboard-port"]
     return process
@@ -326,12 +333,37 @@ class Stage:
     name: str
     args: Callable[[Path], list[str]]  # root -> the stage's arguments (absolute paths: the job runs elsewhere)
     check: Callable[[Path], None]  # root -> asserts on what the stage wrote
+    log_line: Callable[[Path], str]  # root -> a line the stage prints when it succeeds, read back with `semidff job logs`
 
 
-def _make_videos(root: Path) -> None:
+# The chain's settings. CLIP_SETTINGS are recorded by the cache, and training refuses a cache made with others:
+# cache gets them as overrides of the in-tree tiny.yaml, train as a config file outside the working dir (copied
+# into the upload by `semidff submit`) plus TRAIN_SETTINGS as overrides. The head has 2 CPUs: the teacher actor,
+# the decode tasks and the Train worker take half a CPU each, so Ray Data's readers (a full CPU for the Parquet
+# file listing) still get a slot (ray-facts §0 #3-#5). 2 videos x 2 key frames x 1 current frame = 4 clips.
+CLIP_SETTINGS = [
+    "preprocess.short_side=48", "preprocess.max_long_side=64", "video.key_interval=4",  # training propagates d <= 3
+    "clips.key_frames_per_video=2", "clips.currents_per_key=1", "clips.offset_range=[1,3]", "clips.num_cpus=0.5",
+    "cache.num_actors=1", "cache.num_cpus_per_actor=0.5", "cache.num_gpus_per_actor=0", "cache.clips_per_file=2", "cache.batch_size=2",
+]
+TRAIN_SETTINGS = [
+    "training.schedule=regression", "training.regression_epochs=1", "training.semantic_epochs=0", "training.num_workers=1",
+    "training.cpus_per_worker=0.5", "training.batch_size=2", "training.validation_fraction=0", "training.use_gpu=false",
+]
+TINY_IN_PROJECT = "jobs/configs/tiny.yaml"  # relative to the project copy: the client's cwd and the uploaded working dir
+CHAIN_CLIPS = 4
+
+
+def _make_inputs(root: Path) -> None:
+    """Two real H.264 videos, a random tiny teacher (the chain tests the plumbing, not the weights) and the
+    config file of the train stage, outside the project."""
     (root / "videos").mkdir(exist_ok=True)
     write_video(root / "videos" / "a.mp4", 10, 64, 48)
     write_video(root / "videos" / "b.mp4", 12, 64, 48)
+    cfg = load_config(REPO / TINY_IN_PROJECT, CLIP_SETTINGS)
+    save_random_teacher(root / "teacher.pt", cfg)
+    (root / "elsewhere").mkdir(exist_ok=True)
+    (root / "elsewhere" / "chain.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
 
 
 def _check_manifest(root: Path) -> None:
@@ -339,20 +371,42 @@ def _check_manifest(root: Path) -> None:
     assert sorted((Path(row["uri"]).name, row["status"], row["num_frames"]) for row in table) == [("a.mp4", "ok", 10), ("b.mp4", "ok", 12)]
 
 
-# The chain the issue asks for: manifest -> cache -> train. Add the next stages here as their commands land,
-# e.g. Stage("cache", lambda root: ["cache", str(root / "out" / "manifest"), "--teacher", str(root / "teacher.pt"),
-#            "-o", str(root / "out" / "cache"), "-c", "jobs/configs/tiny.yaml", ...], _check_cache)
-# with the teacher checkpoint written by the test before the loop. `-c jobs/configs/tiny.yaml` is relative to the
-# project copy (the client's cwd and the uploaded working dir). The head has 2 CPUs: keep actors, decode tasks and
-# Train workers fractional so Ray Data's readers still get a CPU (ray-facts §0 #3-#5).
+def _check_cache(root: Path) -> None:
+    report = inspect_cache(str(root / "out" / "cache"))
+    assert report.healthy and (report.files, report.clips_ok, report.clips_failed, report.videos) == (CHAIN_CLIPS // 2, CHAIN_CLIPS, 0, 2)
+    assert report.info.teacher_sha256 == file_sha256(root / "teacher.pt")
+    assert json.loads((root / "out" / "cache" / OUTPUT_RUN_FILE).read_text())["stage"] == "cache"
+    assert list((root / "out" / "cache" / ARTIFACTS_DIR).rglob("config.yaml"))  # MLflow artifacts beside its store
+
+
+def _check_train(root: Path) -> None:
+    flow = load_model_checkpoint(root / "out" / "train" / "flow.pt", "flow")
+    assert set(flow.state_dicts) >= {"rfcn", "propagator"}
+    assert flow.meta["teacher_sha256"] == file_sha256(root / "teacher.pt")
+    trained = load_config(root / "out" / "train" / "config.yaml")  # the config the job resolved: the file + the overrides
+    assert (trained.video.key_interval, trained.clips.offset_range, trained.training.regression_epochs) == (4, (1, 3), 1)
+    assert not (root / "project" / STAGING_DIR).exists()  # the staged copy of chain.yaml is gone once uploaded
+    assert list((root / "out" / "train" / ARTIFACTS_DIR).rglob("config.yaml"))
+
+
+# The chain the issue asks for: manifest -> cache -> train, each submitted once the previous one SUCCEEDED.
+# Every path is absolute and outside the uploaded project copy: the job runs in a temporary unpacked copy.
 CHAIN = [
-    Stage("manifest", lambda root: ["manifest", str(root / "videos"), "-o", str(root / "out" / "manifest")], _check_manifest),
+    Stage("manifest", lambda root: ["manifest", str(root / "videos"), "-o", str(root / "out" / "manifest")], _check_manifest,
+          lambda root: "2 videos: 2 ok, 0 failed"),
+    Stage("cache", lambda root: ["cache", str(root / "out" / "manifest"), "--teacher", str(root / "teacher.pt"),
+                                 "-o", str(root / "out" / "cache"), "-c", TINY_IN_PROJECT, *CLIP_SETTINGS], _check_cache,
+          lambda root: f"this run: {CHAIN_CLIPS} clips written ({CHAIN_CLIPS} ok, 0 failed"),
+    Stage("train", lambda root: ["train", "--teacher", str(root / "teacher.pt"), "--cache", str(root / "out" / "cache"),
+                                 "-o", str(root / "out" / "train"), "-c", str(root / "elsewhere" / "chain.yaml"), *TRAIN_SETTINGS],
+          _check_train,
+          lambda root: f"{root / 'out' / 'train' / 'flow.pt'}: 1 epochs"),
 ]
 
 
 @pytest.mark.slow
 def test_chain_of_stages_submitted_and_awaited(head_node):
-    _make_videos(head_node.root)
+    _make_inputs(head_node.root)
     project = head_node.root / "project"
     for stage in CHAIN:
         job_id = f"chain-{stage.name}"
@@ -366,24 +420,15 @@ def test_chain_of_stages_submitted_and_awaited(head_node):
         status = semidff("job", "status", job_id, "--address", head_node.address, env=head_node.env, cwd=project)
         assert status.returncode == 0 and f"{job_id}: SUCCEEDED" in status.stdout and f"stage:       {stage.name}" in status.stdout
         assert "exit code:   0" in status.stdout
-    logs = semidff("job", "logs", "chain-manifest", "--address", head_node.address, env=head_node.env, cwd=project)
-    assert logs.returncode == 0 and "2 videos: 2 ok, 0 failed" in logs.stdout
+        logs = semidff("job", "logs", job_id, "--address", head_node.address, env=head_node.env, cwd=project)
+        assert logs.returncode == 0 and stage.log_line(head_node.root) in logs.stdout, logs.stdout[-3000:]
+    assert not list(project.rglob("*.parquet")) and not list(project.rglob("*.db"))  # nothing written into the project
+    # nor into the job's unpacked copy of it (<temp dir>/session_*/runtime_resources/working_dir_files/...), which Ray deletes
+    uploaded = {"semidff", "pipelines", "jobs", "pyproject.toml", STAGING_DIR}  # the project copy and the staged chain.yaml
+    assert not [p for p in (head_node.root / "ray").rglob("working_dir_files/*/*") if p.name not in uploaded]
     listing = semidff("job", "list", "--address", head_node.address, env=head_node.env, cwd=project)
-    assert any(line.startswith("chain-manifest") and "SUCCEEDED" in line for line in listing.stdout.splitlines())
-
-
-@pytest.mark.slow
-def test_config_from_outside_the_working_dir_reaches_the_job(head_node):
-    project = head_node.root / "project"
-    config = head_node.root / "elsewhere" / "mine.yaml"
-    config.parent.mkdir(exist_ok=True)
-    config.write_text("video: {key_interval: 7}\nmodel: {backbone: {depth: 18}}\n")
-    result = semidff("submit", "--address", head_node.address, "--", "config", "show", "-c", str(config), "video.mode=copy",
-                     env=head_node.env, cwd=project)
-    assert result.returncode == 0, result.stderr
-    shown = yaml.safe_load(result.stdout[result.stdout.index("seed:"):].split("\n20", 1)[0])  # the YAML the job printed
-    assert (shown["video"], shown["model"]["backbone"]["depth"]) == ({"key_interval": 7, "mode": "copy"}, 18)
-    assert not (project / STAGING_DIR).exists()  # the staged copy is gone once uploaded
+    finished = {line.split()[0]: line.split()[1] for line in listing.stdout.splitlines() if line.startswith("chain-")}
+    assert finished == {f"chain-{stage.name}": "SUCCEEDED" for stage in CHAIN}
 
 
 @pytest.mark.slow

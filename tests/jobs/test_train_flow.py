@@ -1,12 +1,15 @@
 """Stage 2 on a real local Ray and a real MLflow SQLite store, over a tiny teacher cache built by
 jobs.cache from synthetic videos: both steps on 2 CPU workers with the loss going down, a run
 killed after its first checkpoint resumed by the same command (each step logged once, in order),
+a Train worker process killed mid-fit restarted from the latest checkpoint within the same call,
 the on-the-fly mode's pairs and losses equal to the cache's, and the input checks."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -48,8 +51,6 @@ def workspace(tmp_path_factory):
     from semidff.data.synthetic import generate_synthetic_dataset
 
     root = tmp_path_factory.mktemp("train_flow")
-    previous_cwd = os.getcwd()
-    os.chdir(root)  # MLflow puts a SQLite store's artifacts under ./mlruns
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         generate_synthetic_dataset(root / "data", num_videos=3, num_frames=40, width=128, height=80, seed=3)
@@ -68,7 +69,6 @@ def workspace(tmp_path_factory):
                    manifest=str(root / "manifest"))
     finally:
         ray.shutdown()
-        os.chdir(previous_cwd)
 
 
 def _metric_steps(client, run_id, key):
@@ -154,6 +154,129 @@ def test_killed_run_resumes_from_its_checkpoint_and_finishes_both_steps(workspac
     again = run(cfg, workspace["cache"], workspace["teacher"], str(output))
     assert again.global_step == result.global_step and again.resumed
     assert again.sha256 == result.sha256 and again.model_version == result.model_version  # the file is kept as it was
+
+
+class _TrainWorkerKiller(threading.Thread):
+    """Sends SIGKILL to one Ray Train worker process of this test's local Ray, once, as soon as
+    the run under ``ray_results`` has committed its first checkpoint (the controller's snapshot
+    exists). Worker processes are found among this process's descendants (the local Ray's raylet
+    forks them) by their process title, ``ray::RayTrainWorker...``."""
+
+    def __init__(self, ray_results: Path, flow_file: Path):
+        super().__init__(name="train-worker-killer", daemon=True)
+        self.ray_results, self.flow_file = ray_results, flow_file
+        self.stopped = threading.Event()
+        self.killed_pid: int | None = None
+        self.committed_step_at_kill = 0
+        self.flow_existed_at_kill = False
+        self.died = False
+        self.seen: list[str] = []
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 600  # a ceiling for a loaded machine
+        while not self.stopped.is_set() and time.monotonic() < deadline:
+            snapshots = list(self.ray_results.glob("*/checkpoint_manager_snapshot.json"))
+            if snapshots:
+                workers = _train_worker_pids()
+                if workers:
+                    steps = [int(s) for s in re.findall(r"checkpoint_step(\d+)_", snapshots[0].read_text())]
+                    self.committed_step_at_kill = max(steps, default=0)
+                    self.flow_existed_at_kill = self.flow_file.exists()
+                    self.killed_pid = workers[0]
+                    os.kill(self.killed_pid, signal.SIGKILL)
+                    self.died = _wait_gone(self.killed_pid, timeout_s=30)
+                    return
+            time.sleep(0.05)
+
+
+def _descendant_pids(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state letter
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _train_worker_pids() -> list[int]:
+    pids = []
+    for pid in _descendant_pids(os.getpid()):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::RayTrainWorker"):
+            pids.append(pid)
+    return sorted(pids)
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    """True once ``pid`` has exited (no /proc entry, or a zombie waiting for its parent)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+def test_a_train_worker_killed_mid_fit_is_restarted_from_the_latest_checkpoint(workspace):
+    """One fit, one SIGKILL of a real Train worker process: FailureConfig(max_failures) restarts
+    the worker group from the latest committed checkpoint, and the loss curve continues (every
+    step logged once, none twice, none missing); flow.pt is written at the end. One epoch of step
+    B (flow and heads trained, checkpoints every 2 steps) keeps it short."""
+    root = workspace["root"]
+    cfg = load_config(TINY, workspace["overrides"] + [
+        "training.schedule=semantic", "training.semantic_epochs=1", "training.max_failures=1"])
+    output = root / "flow_worker_killed"
+    killer = _TrainWorkerKiller(output / "ray_results", output / FLOW_FILE)
+    lines: list[str] = []
+    killer.start()
+    try:
+        result = run(cfg, workspace["cache"], workspace["teacher"], str(output), progress=lines.append)
+    finally:
+        killer.stopped.set()
+        killer.join(timeout=60)
+
+    assert killer.killed_pid is not None, ("no Train worker process was found to kill", lines)
+    assert killer.died, f"worker {killer.killed_pid} did not die"
+    assert not killer.flow_existed_at_kill and killer.committed_step_at_kill >= 2
+    # The same call went on: a new worker group restored the checkpoint and finished both epochs.
+    assert not result.resumed  # (a rerun of the command would be a resume; this was one fit)
+    assert sum(line.startswith("worker group of 2 ready") for line in lines) == 2, lines
+    assert any(line.startswith("resumed at epoch") for line in lines), lines
+    assert result.epochs == 1 and result.global_step == 9  # 36 training pairs, 18 per worker, 2 per step
+
+    import mlflow
+
+    client = mlflow.MlflowClient(result.tracking_uri)
+    steps, _ = _metric_steps(client, result.run_id, "train/total")
+    assert steps == list(range(1, result.global_step + 1))  # every step once, none twice, none missing
+    for key in ("train/semantic", "train/pairs_per_s_per_worker", "train/data_wait_s"):
+        assert _metric_steps(client, result.run_id, key)[0] == steps, key
+    epoch_steps, _ = _metric_steps(client, result.run_id, "epoch/total")
+    assert epoch_steps == [9]
+    mlflow_run = client.get_run(result.run_id)
+    resumed_at = int(mlflow_run.data.tags["semidff.train.resumed_at_step"])
+    assert killer.committed_step_at_kill <= resumed_at < result.global_step  # restored from a checkpoint, then trained on
+    assert mlflow_run.info.status == "FINISHED"
+
+    flow = load_model_checkpoint(output / FLOW_FILE, expected_kind="flow")
+    assert flow.sha256 == result.sha256 and flow.meta["steps"] == result.global_step and flow.meta["epochs"] == 1
 
 
 @pytest.mark.slow

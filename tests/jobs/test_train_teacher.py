@@ -19,7 +19,7 @@ from semidff.config import Config, ConfigError, load_config
 from semidff.data.synthetic import generate_synthetic_dataset
 from semidff.models.build import build_rfcn
 from semidff.tracking import producing_run
-from semidff.training.teacher_data import LabeledDataError
+from semidff.data.labeled import LabeledDataError
 
 TINY = Path(__file__).resolve().parents[2] / "jobs" / "configs" / "tiny.yaml"
 STEPS_PER_EPOCH = 6  # 24 frames, 2 workers x 2 images

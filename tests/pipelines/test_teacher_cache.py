@@ -17,15 +17,15 @@ import pytest
 import torch
 
 from tests.video_fixtures import pattern_frame, write_video  # PyAV before decord
+from tests.teacher_checkpoints import save_random_teacher as save_teacher
 
 import ray
 from pipelines.clips import CLIP_SCHEMA, clip_row
 from pipelines.teacher_cache import TeacherCacheActor, prepare_clips
 from semidff.cache import BlobLayout, CacheInfo, decode_jpeg, key_features_of, list_cache_files, read_cache_info, soft_targets_of, current_features_of
 from semidff.cache.files import inspect_cache, temporary_files
-from semidff.checkpoint import build_teacher, load_model_checkpoint, save_model_checkpoint
+from semidff.checkpoint import build_teacher, load_model_checkpoint
 from semidff.config import load_config
-from semidff.models.build import build_rfcn
 from semidff.preprocess import normalize_frames
 from semidff.video.clip_plan import ClipSpec, plan_clips
 from semidff.video.decode import ClipFailure, ClipFrames
@@ -36,15 +36,6 @@ BASE = [
     "preprocess.short_side=64", "preprocess.max_long_side=96", "clips.key_frames_per_video=3", "clips.currents_per_key=2",
     "clips.offset_range=[0,6]", "cache.clips_per_file=2", "cache.batch_size=2", "cache.feature_precision=fp32",
 ]
-
-
-def save_teacher(path: Path, cfg, poison: bool = False) -> str:
-    torch.manual_seed(0)
-    rfcn = build_rfcn(cfg.model)
-    if poison:  # a broken teacher: NaN in the R-FCN class head (features and proposals stay finite)
-        with torch.no_grad():
-            rfcn.ps_roi_head.rfcn_cls.weight[0, 0] = float("nan")
-    return save_model_checkpoint(path, "teacher", cfg, {"rfcn": rfcn.state_dict()})
 
 
 def assert_equals_plain_forward(row: dict, teacher, layout: BlobLayout, rtol: float = 1e-4) -> None:

@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 from semidff.config import TeacherDataConfig
+from semidff.data.labeled import load_labeled_dataset
 from semidff.data.records import FrameAnnotation, LabeledDataset, LabeledVideo, ObjectAnnotation
 from semidff.data.synthetic import generate_synthetic_dataset, synthetic_scene
 from semidff.preprocess import PIXEL_MEANS_RGB
 from semidff.training.teacher_data import (
     FrameReadError,
-    LabeledDataError,
     batches_per_epoch,
     collate,
     epoch_flips,
@@ -24,7 +24,6 @@ from semidff.training.teacher_data import (
     iterate_batches,
     labeled_frames,
     load_batch,
-    load_labeled_dataset,
     read_frames,
     scale_boxes,
     shard_for_rank,
@@ -245,23 +244,3 @@ def test_iterate_batches_covers_the_shard_and_skips_finished_batches(synthetic):
     assert sum((b.samples for b in batches), []) == shard.tolist()
     resumed = list(iterate_batches(frames, shard, batch_size=5, short_side=48, max_long_side=1000, start_batch=2))
     assert [b.samples for b in resumed] == [batches[2].samples]
-
-
-# --------------------------------------------------------------------------------------------
-# which dataset
-
-
-def test_load_labeled_dataset_names_the_key_and_the_fix(tmp_path, synthetic):
-    with pytest.raises(LabeledDataError, match=r"teacher_training.data.path is not set"):
-        load_labeled_dataset(TeacherDataConfig(format="custom"))
-    with pytest.raises(LabeledDataError, match=r"evaluation.data.path=.*missing.json: no such file"):
-        load_labeled_dataset(TeacherDataConfig(path=str(tmp_path / "missing.json")), key="evaluation.data")
-    with pytest.raises(LabeledDataError, match=r"video_dir is not set"):
-        load_labeled_dataset(TeacherDataConfig(format="youtube_bb", path=str(tmp_path)))
-    broken = tmp_path / "broken.json"
-    broken.write_text("{")
-    with pytest.raises(LabeledDataError, match=r"(?s)teacher_training.data \(custom at .*broken.json\).*invalid JSON"):
-        load_labeled_dataset(TeacherDataConfig(path=str(broken)))
-    folder, dataset = synthetic
-    loaded = load_labeled_dataset(TeacherDataConfig(path=str(folder / "dataset.json")))
-    assert loaded.class_names == dataset.class_names and len(loaded.videos) == 2
