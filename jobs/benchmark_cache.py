@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+
+from semidff.benchmarks.machine import machine_description
 
 TINY_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"  # the default model of this benchmark
 CORPUS_CLIPS = 10_000_000
@@ -157,7 +158,7 @@ def run(
         rows = {p: _cache_rows(_cache_dir(root, p, 0)) for p in precisions}
         clips = [row for row in rows["fp32"].values() if row["status"] == "ok"]
         bench = CacheBenchmark(
-            machine=_machine(),
+            machine=machine_description(),
             torch_threads=max(1, int(cfg.cache.num_cpus_per_actor)),
             clips=len(clips),
             pairs=sum(len(row["offsets"]) for row in clips),
@@ -185,18 +186,6 @@ def run(
 
 def _cache_dir(root: str, precision: str, repeat: int) -> str:
     return str(Path(root) / f"cache-{precision}-{repeat}")
-
-
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def _cache_rows(cache_dir: str) -> dict[str, dict[str, Any]]:

@@ -448,13 +448,9 @@ def _load_average() -> float:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, nice {os.nice(0)}"
+    from semidff.benchmarks.machine import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, nice {os.nice(0)}"
 
 
 def _with(cfg: Config, **clips) -> Config:

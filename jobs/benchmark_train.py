@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from semidff.config import Config, ConfigError, load_config
+from semidff.benchmarks.machine import machine_description
 
 TINY_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 # Enough pairs per video for steady-state rates (the default plan takes 1 key per second, 1 current).
@@ -216,7 +216,7 @@ def run(
         cache_dir, teacher = prepare_cache(cfg, out, videos, frames, say)
         bare_rate, pass_rates, pairs, image_size = bare_loop(cfg, cache_dir, teacher, repeats, say)
         report = TrainBenchmarkReport(
-            machine=_machine(), torch_threads=max(1, int(cfg.training.cpus_per_worker)), batch_size=cfg.training.batch_size,
+            machine=machine_description(), torch_threads=max(1, int(cfg.training.cpus_per_worker)), batch_size=cfg.training.batch_size,
             train_pairs=pairs, image_size=image_size, bare_step_rate=bare_rate, bare_pass_rates=pass_rates,
         )
         for count in workers:
@@ -247,21 +247,6 @@ def format_report(report: TrainBenchmarkReport) -> str:
             f"{', '.join(f'{100 * w:.0f} %' for w in rate.data_wait_fractions)} |"
         )
     return "\n".join(lines)
-
-
-def _machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {device}, torch {torch.__version__}"
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -57,7 +57,7 @@ def run(
     max_frames: Optional[int] = None,
     progress: Optional[Progress] = None,
 ) -> DetectSummary:
-    """Annotate ``video`` into ``output`` (.mp4/.mkv/.webm/.avi) with the detector of
+    """Annotate ``video`` into ``output`` (.mp4/.mkv/.avi: H.264) with the detector of
     :func:`load_detector` (``mode``, ``key_interval``) and :func:`annotated_frames`."""
     from semidff.data.synthetic import encode_video
     from semidff.video.decode import open_video

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from semidff.checkpoint import ModelCheckpoint, ModelCheckpointError, check_same_model, load_model_checkpoint
+from semidff.checkpoint import PROPAGATOR_KEYS, ModelCheckpoint, ModelCheckpointError, check_same_model, load_model_checkpoint
 from semidff.config import Config, ConfigError, load_config
 from semidff.data.labeled import LabeledDataError, annotations_digest, dataset_digest, load_labeled_dataset
 from semidff.data.records import LabeledDataset
@@ -82,7 +82,7 @@ def run(
 
     # Inputs, all checked before any compute.
     teacher = load_model_checkpoint(teacher_checkpoint, expected_kind="teacher")
-    check_same_model(teacher, cfg)
+    check_same_model(teacher, cfg, ignore=PROPAGATOR_KEYS)  # cfg may describe the flow model's propagator
     needs_flow = any(r.mode == "flow" for r in runs)
     if needs_flow and not flow_checkpoint:
         raise EvaluationError("mode 'flow' needs a flow checkpoint (--flow FLOW.pt, written by `semidff train`); "

@@ -74,7 +74,14 @@ from pipelines.train_reporting import (
     report_checkpoint,
     write_text_atomically,
 )
-from semidff.checkpoint import ModelCheckpoint, ModelCheckpointError, check_same_model, load_model_checkpoint, save_model_checkpoint
+from semidff.checkpoint import (
+    PROPAGATOR_KEYS,
+    ModelCheckpoint,
+    ModelCheckpointError,
+    check_same_model,
+    load_model_checkpoint,
+    save_model_checkpoint,
+)
 from semidff.config import Config, ConfigError, load_config
 from semidff.training.flow_step import epoch_plan, step_offsets
 
@@ -153,7 +160,7 @@ def check_inputs(
     if not teacher_path.is_file():
         raise FlowTrainingError(f"teacher checkpoint {teacher_checkpoint} does not exist (semidff train-teacher writes teacher.pt)")
     teacher = load_model_checkpoint(teacher_path, expected_kind="teacher")
-    check_same_model(teacher, cfg, keys=("model",))
+    check_same_model(teacher, cfg, keys=("model",), ignore=PROPAGATOR_KEYS)  # the flow net is this run's to choose
     offsets = {step: step_offsets(step, cfg.video.key_interval) for step in dict.fromkeys(plan)}
     offsets[VALIDATION_SPLIT] = step_offsets("regression", cfg.video.key_interval)
 

@@ -141,13 +141,24 @@ def build_teacher(checkpoint: ModelCheckpoint, device: torch.device | str = "cpu
     return rfcn.to(device).eval()
 
 
-def check_same_model(checkpoint: ModelCheckpoint, config: Config, keys: tuple[str, ...] = ("model",)) -> None:
-    """Refuse a checkpoint whose architecture sections differ from the run's config, naming the keys."""
+PROPAGATOR_KEYS = ("model.flownet", "model.predictor")
+"""The model keys that describe the flow network, not the teacher's spatial module: a teacher
+checkpoint serves stage-2 runs of any flow-network setting (Table 3a's residual predictor too)."""
+
+
+def check_same_model(checkpoint: ModelCheckpoint, config: Config, keys: tuple[str, ...] = ("model",),
+                     ignore: tuple[str, ...] = ()) -> None:
+    """Refuse a checkpoint whose architecture sections differ from the run's config, naming the keys.
+
+    ignore: dotted keys (and everything under them) not compared, e.g. :data:`PROPAGATOR_KEYS`
+    when the checkpoint is a teacher and only its spatial module is used.
+    """
     saved = checkpoint.config.model_dump(mode="json")
     wanted = config.model_dump(mode="json")
     differences = []
     for section in keys:
-        differences += _differences(saved.get(section), wanted.get(section), section)
+        differences += [d for d in _differences(saved.get(section), wanted.get(section), section)
+                        if not any(d.startswith(f"{key}.") or d.startswith(f"{key}:") for key in ignore)]
     if differences:
         raise ConfigError(
             f"checkpoint {checkpoint.path} was trained with a different configuration:\n  "

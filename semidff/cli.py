@@ -125,7 +125,7 @@ def data_check(
 def detect(
     video: str = typer.Argument(..., help="a video file (any container decord reads: mp4, mkv, webm, avi, ...)"),
     teacher: Path = typer.Option(..., "--teacher", help="teacher checkpoint (semidff train-teacher writes teacher.pt)"),
-    out: Path = typer.Option(..., "--out", "-o", help="annotated video to write (.mp4, .mkv, .webm or .avi)"),
+    out: Path = typer.Option(..., "--out", "-o", help="annotated video to write (.mp4, .mkv or .avi; encoded as H.264)"),
     flow: Optional[Path] = typer.Option(None, "--flow", help="flow checkpoint (semidff train writes flow.pt); needed for mode flow"),
     mode: Optional[str] = typer.Option(None, "--mode", help="frame | copy | flow (default: flow with --flow, else frame)"),
     key_interval: int = typer.Option(10, "--key-interval", min=1, help="ΔT: the teacher runs on every ΔT-th frame"),

@@ -202,7 +202,7 @@ def draw_example_frames(
 ) -> list[Path]:
     """Annotated frames of the dataset's first video in frame, copy and (with a flow checkpoint)
     flow mode at ``key_interval``: one PNG per (mode, frame) and ``sheet.png`` (a row per mode, a
-    column per frame, key frames with green boxes and propagated ones orange). Returns the sheet
+    column per frame; border and banner green on key frames, orange on propagated ones). Returns the sheet
     first, then the single frames."""
     from PIL import Image
 
@@ -304,7 +304,7 @@ def write_report(
         "## Example frames",
         "",
         f"Rows: frame, copy, flow mode at ΔT = {key_interval}; columns: the key frame, then propagated frames",
-        "(green boxes: the teacher ran on this frame; orange: detections on propagated features or copied).",
+        "(green border: the teacher ran on this frame; orange: detections from propagated features or copied).",
         "",
         *([f"![example frames]({relative(frames[0])})"] if frames else ["(none drawn)"]),
         "",

@@ -14,7 +14,7 @@ from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
-from semidff.checkpoint import ModelCheckpoint, build_teacher, check_same_model, load_model_checkpoint
+from semidff.checkpoint import PROPAGATOR_KEYS, ModelCheckpoint, build_teacher, check_same_model, load_model_checkpoint
 from semidff.models.video_detector import MODES, FrameResult, VideoDetector, VideoTiming
 
 
@@ -67,7 +67,7 @@ def load_detector(
     spatial, propagator = teacher, None
     if mode == "flow":
         flow = load_model_checkpoint(flow_checkpoint, expected_kind="flow")
-        check_same_model(flow, teacher.config, keys=("model",))
+        check_same_model(flow, teacher.config, keys=("model",), ignore=PROPAGATOR_KEYS)
         spatial = flow
         propagator = build_propagator(flow.config.model)
         propagator.load_state_dict(flow.state_dicts["propagator"])

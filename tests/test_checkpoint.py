@@ -48,3 +48,20 @@ def test_the_same_content_saved_twice_gives_the_same_bytes(tmp_path):
     assert save_model_checkpoint(tmp_path / "d.pt", "flow", cfg, weights, meta={"steps": 4}) != first
     changed = {"propagator": {k: v + 1 if v.is_floating_point() else v for k, v in weights["propagator"].items()}}
     assert save_model_checkpoint(tmp_path / "e.pt", "flow", cfg, changed, meta={"steps": 3}) != first
+
+
+def test_check_same_model_names_differences_and_can_ignore_the_flow_network(tmp_path):
+    import pytest
+
+    from semidff.checkpoint import PROPAGATOR_KEYS, check_same_model
+    from semidff.config import ConfigError
+
+    save_model_checkpoint(tmp_path / "t.pt", "teacher", load_config(TINY), {"rfcn": {}})
+    teacher = load_model_checkpoint(tmp_path / "t.pt")
+    ablation = load_config(TINY, ["model.predictor=residual", "model.flownet.width_multiplier=0.25"])
+    with pytest.raises(ConfigError, match=r"model\.flownet\.width_multiplier: checkpoint 0\.125, config 0\.25") as refused:
+        check_same_model(teacher, ablation)
+    assert "model.predictor: checkpoint 'flow', config 'residual'" in str(refused.value)
+    check_same_model(teacher, ablation, ignore=PROPAGATOR_KEYS)  # a teacher serves any flow network
+    with pytest.raises(ConfigError, match=r"model\.num_classes"):
+        check_same_model(teacher, load_config(TINY, ["model.num_classes=5"]), ignore=PROPAGATOR_KEYS)
