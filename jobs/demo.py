@@ -70,12 +70,14 @@ class DemoError(RuntimeError):
 
 @dataclass
 class StepRecord:
-    """One step of a demo run: where it wrote, whether a previous run's output was reused, seconds."""
+    """One step of a demo run: where it wrote, whether a previous run's output was reused, the
+    seconds it took in this run, and the seconds it took when it was built (a reused step's too)."""
 
     name: str
     folder: str
     reused: bool
     seconds: float
+    built_seconds: float
 
 
 @dataclass
@@ -121,7 +123,7 @@ class StepRunner:
         previous = None if always else _read_json(marker)
         if previous and previous.get("fingerprint") == print_:
             self.say(f"{prefix}: reusing {folder} (finished by a previous run with the same settings)")
-            self.records.append(StepRecord(name, str(folder), True, 0.0))
+            self.records.append(StepRecord(name, str(folder), True, 0.0, float(previous.get("seconds", 0.0))))
             return True
         if previous:
             self.say(f"{prefix}: settings or inputs changed since the previous run: rebuilding {folder}")
@@ -144,7 +146,7 @@ class StepRunner:
         seconds = time.perf_counter() - started
         _write_json(marker, {"step": name, "fingerprint": print_, "seconds": seconds, "finished_at": time.time()})
         self.say(f"{prefix}: done in {_minutes(seconds)}")
-        self.records.append(StepRecord(name, str(folder), False, seconds))
+        self.records.append(StepRecord(name, str(folder), False, seconds, seconds))
         return False
 
 

@@ -600,7 +600,7 @@ def demo(
     """The whole system on this machine: synthetic videos → teacher → manifest → cache → flow training
     (regression, semantic, two-step) → evaluation of frame/copy/flow at ΔT 1, 5, 10, 20 → report.
 
-    Local Ray, MLflow SQLite store in the output folder, no download, no GPU; about 15 minutes on 2 CPU cores.
+    Local Ray, MLflow SQLite store in the output folder, no download, no GPU; about 8 minutes on 2 idle CPU cores.
     Sizes: demo.* keys (e.g. demo.unlabeled_videos=32); training.* and evaluation.key_intervals apply too.
     """
     from jobs.demo import DEMO_OVERRIDES, TINY_CONFIG, DemoError, format_result, run as run_demo

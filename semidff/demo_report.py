@@ -237,7 +237,9 @@ def draw_example_frames(
 
 
 def _step_time(step: dict[str, Any]) -> str:
-    return "reused" if step["reused"] else f"{step['seconds'] / 60:.1f} min"
+    if step["reused"]:
+        return f"reused (built in {step.get('built_seconds', 0.0) / 60:.1f} min)"
+    return f"{step['seconds'] / 60:.1f} min"
 
 
 @dataclass
@@ -264,7 +266,7 @@ def write_report(
     config_yaml: str,
 ) -> WrittenReport:
     """Write report.md, report.json and the plot into ``report_dir``; see the module docstring.
-    steps: per step {name, folder, reused, seconds}."""
+    steps: per step {name, folder, reused, seconds, built_seconds}."""
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     claims = check_claims(methods, key_interval)

@@ -109,11 +109,11 @@ def test_load_methods_reads_evaluate_results(tmp_path):
 def test_write_report_files(tmp_path):
     written = write_report(tmp_path / "report", _paper_like(), 10, frames=[], steps=[
         {"name": "teacher", "folder": "x", "reused": False, "seconds": 270.0},
-        {"name": "cache", "folder": "y", "reused": True, "seconds": 0.0},
+        {"name": "cache", "folder": "y", "reused": True, "seconds": 0.0, "built_seconds": 9.0},
     ], machine="test box", wall_s=600.0, tracking_uri="sqlite:///x.db", command="semidff demo", config_yaml="seed: 0\n")
     text = written.markdown.read_text()
     assert "## The paper's qualitative claims: 5 of 5 reproduced" in text
-    assert "| teacher | 4.5 min |" in text and "| cache | reused |" in text
+    assert "| teacher | 4.5 min |" in text and "| cache | reused (built in 0.1 min) |" in text
     assert "![mAP and frames/s against ΔT](map_fps_vs_interval.png)" in text
     assert written.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads(written.json.read_text())

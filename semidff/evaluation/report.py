@@ -283,6 +283,9 @@ def plot_curves(curves: Sequence[Curve], path: str | Path) -> Path:
                 axes.plot(span, [values[0]] * 2, "--", color=color, label=f"{curve.label} (every frame)")
             else:
                 axes.plot([p[0] for p in points], values, line, marker="o", color=color, label=curve.label)
+    rates = [p[2] for curve in curves for p in curve.points if p[2] > 0]
+    if rates and max(rates) > 10 * min(rates):  # copy mode's rate would flatten every other line
+        fps_axes.set_yscale("log")
     for axes, ylabel, title in ((map_axes, "mAP@0.5 (%)", "accuracy"), (fps_axes, "frames/s (detector)", "speed")):
         axes.set_xlabel("key-frame interval ΔT (frames)")
         axes.set_ylabel(ylabel)
