@@ -100,7 +100,7 @@ def test_rerun_reuses_every_step_and_a_changed_setting_rebuilds_only_what_depend
     assert time.perf_counter() - started < 60
 
     lines: list[str] = []
-    changed = run(_config("demo.variants=[two_step]", "training.lr=1e-4"), out, progress=lines.append)
+    changed = run(_config("demo.variants=[two_step]", "training.lr=2e-4"), out, progress=lines.append)  # DEMO_OVERRIDES: 1e-4
     reused = {s.name: s.reused for s in changed.steps}
     assert reused == {"data": True, "teacher": True, "manifest": True, "cache": True, "train two_step": False,
                       "evaluate frame+copy": True, "evaluate two_step": False, "report": False}
