@@ -21,6 +21,8 @@ from typing import Callable, Optional
 from semidff.inference import annotated_frames, load_detector
 from semidff.models.video_detector import MODES, VideoTiming
 
+OUTPUT_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov")  # containers that take the H.264 the annotated video is encoded in
+
 Progress = Callable[[str], None]
 
 
@@ -57,13 +59,15 @@ def run(
     max_frames: Optional[int] = None,
     progress: Optional[Progress] = None,
 ) -> DetectSummary:
-    """Annotate ``video`` into ``output`` (.mp4/.mkv/.avi: H.264) with the detector of
+    """Annotate ``video`` into ``output`` (OUTPUT_SUFFIXES: H.264) with the detector of
     :func:`load_detector` (``mode``, ``key_interval``) and :func:`annotated_frames`."""
     from semidff.data.synthetic import encode_video
     from semidff.video.decode import open_video
     from semidff.video.probe import probe_video
 
     say = progress or (lambda line: None)
+    if Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ValueError(f"--out {output}: the annotated video is H.264, which needs a {', '.join(OUTPUT_SUFFIXES)} file name")
     loaded = load_detector(teacher_checkpoint, flow_checkpoint, mode, key_interval, device)
     info = probe_video(video)
     if not info.ok:

@@ -8,9 +8,10 @@ any number of dotted ``key=value`` overrides, e.g.::
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import typer
 
@@ -31,13 +32,24 @@ CONFIG_OPTION = typer.Option(None, "--config", "-c", help="YAML config file; omi
 OVERRIDES_ARGUMENT = typer.Argument(None, help="Dotted overrides, e.g. model.backbone.depth=50 video.key_interval=5.")
 
 
+@contextlib.contextmanager
+def exit_on(*errors: type[Exception], code: int = 2) -> Iterator[None]:
+    """Turn ``errors`` raised inside into one ``error: <message>`` line on stderr and exit status
+    ``code`` (2: bad input, config or arguments; 1: the work itself failed). Anything else, and
+    typer's own exits (click's Exit is a RuntimeError), pass through."""
+    try:
+        yield
+    except (typer.Exit, typer.Abort):
+        raise
+    except errors as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code) from None
+
+
 def resolve_config(config: Optional[Path], overrides: Optional[List[str]]) -> Config:
     """Load the config or exit with status 2 and a message naming every bad key."""
-    try:
+    with exit_on(ConfigError):
         return load_config(config, overrides or [])
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
 
 
 @config_app.command("show")
@@ -87,14 +99,11 @@ def manifest(
     """Probe every video once (frames, fps, size, duration) into manifest.parquet; bad files become rows, not crashes."""
     from pipelines.manifest import ManifestError, build_manifest
 
-    try:
+    with exit_on(ManifestError):
         summary = build_manifest(
             inputs, output, num_cpus=num_cpus, address=address, retry_failed=retry_failed,
             progress_every=progress_every, progress=lambda line: typer.echo(line, err=True), probe_timeout_s=probe_timeout,
         )
-    except ManifestError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(summary.format())
 
 
@@ -125,7 +134,7 @@ def data_check(
 def detect(
     video: str = typer.Argument(..., help="a video file (any container decord reads: mp4, mkv, webm, avi, ...)"),
     teacher: Path = typer.Option(..., "--teacher", help="teacher checkpoint (semidff train-teacher writes teacher.pt)"),
-    out: Path = typer.Option(..., "--out", "-o", help="annotated video to write (.mp4, .mkv or .avi; encoded as H.264)"),
+    out: Path = typer.Option(..., "--out", "-o", help="annotated video to write (.mp4, .mkv, .avi or .mov; encoded as H.264)"),
     flow: Optional[Path] = typer.Option(None, "--flow", help="flow checkpoint (semidff train writes flow.pt); needed for mode flow"),
     mode: Optional[str] = typer.Option(None, "--mode", help="frame | copy | flow (default: flow with --flow, else frame)"),
     key_interval: int = typer.Option(10, "--key-interval", min=1, help="ΔT: the teacher runs on every ΔT-th frame"),
@@ -137,14 +146,11 @@ def detect(
     from semidff.checkpoint import ModelCheckpointError
     from semidff.video.decode import VideoOpenError
 
-    try:
+    with exit_on(ModelCheckpointError, ConfigError, VideoOpenError, ValueError, RuntimeError):
         summary = run_detect(
             video, str(teacher), str(out), str(flow) if flow else None, mode, key_interval, score_threshold, device,
             progress=lambda line: typer.echo(line, err=True),
         )
-    except (ModelCheckpointError, ConfigError, VideoOpenError, ValueError, RuntimeError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(summary.format())
 
 
@@ -166,14 +172,11 @@ def evaluate(
     from semidff.data.labeled import LabeledDataError
 
     cfg = resolve_config(config, overrides)
-    try:
+    with exit_on(EvaluationError, LabeledDataError, ModelCheckpointError, ConfigError):
         report = run_evaluate(
             cfg, str(teacher), str(flow) if flow else None, str(output), parse_modes(modes), parse_key_intervals(key_intervals),
             max_videos, progress=lambda line: typer.echo(line, err=True),
         )
-    except (EvaluationError, LabeledDataError, ModelCheckpointError, ConfigError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(report.table)
 
 
@@ -206,7 +209,7 @@ def submit(
     def warn(line: str) -> None:
         typer.echo(line, err=True)
 
-    try:
+    with exit_on(jobs_submit.SubmitError):
         job_id = submission_id or jobs_submit.default_submission_id(stage_args[0])
         jobs_submit.check_working_dir(working_dir)
         command = jobs_submit.parse_stage_command(stage_args, working_dir, job_id)
@@ -216,9 +219,6 @@ def submit(
         client = jobs_submit.connect(address, warn=warn)
         warn(f"submitting {command.entrypoint!r} with working dir {working_dir.resolve()} to {client.get_address()}")
         job_id = jobs_submit.submit_stage(client, command, working_dir, job_id, num_gpus=gpus, num_cpus=cpus, runtime_env=job_env)
-    except jobs_submit.SubmitError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     if no_wait:
         typer.echo(job_id)
         warn(f"submitted {job_id}: `semidff job logs {job_id} --follow`, `semidff job status {job_id}`, `semidff job stop {job_id}`")
@@ -251,20 +251,14 @@ def _job_client(address: Optional[str]):
     from jobs import submit as jobs_submit
 
     jobs_submit.use_token_auth_if_available()
-    try:
+    with exit_on(jobs_submit.SubmitError):
         return jobs_submit, jobs_submit.connect(address, warn=lambda line: typer.echo(line, err=True))
-    except jobs_submit.SubmitError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
 
 
 def _job_command(address: Optional[str], action) -> None:
     jobs_submit, client = _job_client(address)
-    try:
+    with exit_on(jobs_submit.SubmitError):
         output = action(jobs_submit, client)
-    except jobs_submit.SubmitError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     if output:
         typer.echo(output)
 
@@ -296,11 +290,8 @@ def job_stop(
 ) -> None:
     """Stop a running job (SIGTERM, then SIGKILL after a few seconds) and print its final status."""
     jobs_submit, client = _job_client(address)
-    try:
+    with exit_on(jobs_submit.SubmitError):
         status = jobs_submit.stop_job(client, job_id, wait_s=wait)
-    except jobs_submit.SubmitError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"{job_id}: {status}")
     if status not in jobs_submit.FINISHED_STATUSES:
         typer.echo(f"error: {job_id} is still {status} after {wait:g} s", err=True)
@@ -325,14 +316,8 @@ def train_teacher(
     from semidff.data.labeled import LabeledDataError
 
     cfg = resolve_config(config, overrides)
-    try:
+    with exit_on(TeacherTrainingError, code=1), exit_on(ConfigError, LabeledDataError):
         result = run_train_teacher(cfg, output, run_name=run_name, progress=lambda line: typer.echo(line, err=True))
-    except (ConfigError, LabeledDataError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except TeacherTrainingError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.final_losses.items())
     typer.echo(f"{result.checkpoint}: {result.epochs} epochs, {result.steps} steps, last epoch {losses}; sha256 {result.sha256}")
 
@@ -352,17 +337,11 @@ def benchmark_teacher(
     from semidff.data.labeled import LabeledDataError
 
     cfg = resolve_config(config or TINY_CONFIG, overrides)
-    try:
+    with exit_on(TeacherTrainingError, code=1), exit_on(ConfigError, LabeledDataError):
         report = run_benchmark(
             cfg, output, train_videos=train_videos, val_videos=val_videos, num_frames=frames,
             progress=lambda line: typer.echo(line, err=True),
         )
-    except (ConfigError, LabeledDataError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except TeacherTrainingError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(format_report(report))
 
 
@@ -382,17 +361,11 @@ def train(
     from semidff.checkpoint import ModelCheckpointError
 
     cfg = resolve_config(config, overrides)
-    try:
+    with exit_on(RuntimeError, code=1), exit_on(ConfigError, ModelCheckpointError, CacheError, FlowTrainingError):
         result = run_train_flow(
             cfg, cache, str(teacher), str(output), manifest_dir=str(manifest) if manifest else None, run_name=run_name,
             progress=lambda line: typer.echo(line, err=True),
         )
-    except (ConfigError, ModelCheckpointError, CacheError, FlowTrainingError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
-    except RuntimeError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.final_losses.items() if v)
     validation = "".join(f", {k} {v:.4f}" for k, v in result.validation.items())
     typer.echo(f"{result.flow_checkpoint}: {result.epochs} epochs, {result.global_step} steps, last epoch {losses}{validation}; sha256 {result.sha256}")
@@ -413,11 +386,8 @@ def tune(
     from semidff.checkpoint import ModelCheckpointError
 
     cfg = resolve_config(config, overrides)
-    try:
+    with exit_on(ConfigError, ModelCheckpointError, CacheError, SweepError):
         result = run_tune(cfg, cache, str(teacher), str(output), resume=not no_resume, progress=lambda line: typer.echo(line, err=True))
-    except (ConfigError, ModelCheckpointError, CacheError, SweepError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(result.files["trials_md"].read_text(), nl=False)
     if result.best is None:
         typer.echo(f"no trial reported {result.metric}; see {output / 'trials.md'} and each trial's error")
@@ -434,11 +404,8 @@ def lineage(
     """Print the chain of runs and inputs behind a model or run, back to the manifest and the teacher checkpoint."""
     from semidff.lineage import LineageError, format_lineage, trace_lineage
 
-    try:
+    with exit_on(LineageError):
         chain = trace_lineage(target, tracking_uri)
-    except LineageError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(format_lineage(chain))
 
 
@@ -454,11 +421,8 @@ def clips(
     from pipelines.clips import report_clip_plan
 
     cfg = resolve_config(config, overrides)
-    try:
+    with exit_on(ValueError):  # no manifest there, or a plan argument the config schema let through
         report = report_clip_plan(manifest_dir, cfg, examples=examples)
-    except ValueError as exc:  # no manifest there, or a plan argument the config schema let through
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(report.format())
 
 
@@ -480,11 +444,8 @@ def benchmark_decode(
     from jobs.benchmark_decode import format_report, parse_ints, run as run_benchmark
 
     cfg = resolve_config(config, overrides)
-    try:
+    with exit_on(ValueError):
         gop_list, memory_list = parse_ints(gops), parse_ints(memory_videos)
-    except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     result = run_benchmark(
         cfg, videos=videos, seconds=seconds, gops=gop_list, repeats=repeats, memory_counts=memory_list,
         cache_dir=cache_dir, num_cpus=num_cpus, progress=lambda line: typer.echo(line, err=True),
@@ -528,11 +489,8 @@ def cache_build(
     from semidff.checkpoint import ModelCheckpointError
 
     cfg = resolve_config(config, overrides)
-    try:
+    with exit_on(CacheError, ModelCheckpointError, ValueError):
         summary = run_cache(cfg, manifest_dir, str(teacher), output, progress=lambda line: typer.echo(line, err=True))
-    except (CacheError, ModelCheckpointError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(summary.format())
 
 
@@ -606,11 +564,8 @@ def demo(
     from jobs.demo import DEMO_OVERRIDES, TINY_CONFIG, DemoError, format_result, run as run_demo
 
     cfg = resolve_config(config or TINY_CONFIG, DEMO_OVERRIDES + list(overrides or []))
-    try:
+    with exit_on(DemoError):
         result = run_demo(cfg, output, progress=lambda line: typer.echo(line, err=True))
-    except DemoError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(format_result(result))
 
 

@@ -62,3 +62,12 @@ def test_cli_frame_mode_and_a_wrong_checkpoint_kind(tmp_path, checkpoints):
     assert "3 frames (3 key frames), mode=frame" in ok.output
     wrong = CliRunner().invoke(app, ["detect", str(video), "--teacher", str(flow), "--out", str(tmp_path / "p.mp4")])
     assert wrong.exit_code == 2 and "holds a 'flow' model, expected a 'teacher' model" in wrong.output
+
+
+def test_cli_refuses_an_output_name_h264_cannot_go_in_before_running_the_detector(tmp_path, checkpoints):
+    teacher, _ = checkpoints
+    video = write_video(tmp_path / "in.mp4", num_frames=3, width=64, height=48)
+    result = CliRunner().invoke(app, ["detect", str(video), "--teacher", str(teacher), "--out", str(tmp_path / "o.webm")])
+    assert result.exit_code == 2
+    assert "o.webm: the annotated video is H.264, which needs a .mp4, .mkv, .avi, .mov file name" in result.output
+    assert not list(tmp_path.glob("*o.webm*"))
