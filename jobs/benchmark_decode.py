@@ -1,8 +1,8 @@
 """``semidff benchmark decode``: the clip stage's decoding against ``ray.data.read_videos``, the ffmpeg
 CLI and the decoding the codec forces; and its peak memory on a small and a large corpus.
 
-    python -m jobs.benchmark_decode --videos 4 --seconds 20 --repeats 3          # [-c cfg.yaml key=value ...]
-    semidff benchmark decode --videos 4 --seconds 20 --repeats 3 -o decode.json  # the same function
+    python -m jobs.benchmark_decode --videos 8 --seconds 60 --repeats 3          # [-c cfg.yaml key=value ...]
+    semidff benchmark decode --videos 8 --seconds 60 --repeats 3 -o decode.json  # the same function
 
 What one run does (all on one local Ray of ``num_cpus`` CPUs, started once):
 
@@ -10,6 +10,9 @@ What one run does (all on one local Ray of ``num_cpus`` CPUs, started once):
    ``gops`` (250: typical of web video; 30), ``videos`` files of ``seconds`` s, 1280x720 at 30 fps,
    H.264 (x264 veryfast, crf 23, its default B-frames, a keyframe exactly every GOP frames), showing
    the synthetic scene of :mod:`semidff.data.synthetic` (textured objects over a panning background).
+   Default 8 files of 60 s per GOP (about 10 minutes to generate, once): large enough that the
+   fixed start of a Ray Data run (about 1 s with one task, before its CPU budget is known; see
+   BENCHMARKS.md) is a small part of each timed run, as it is of a corpus-sized one.
 2. For each GOP, ``repeats`` rounds (after one untimed round that starts the Ray workers); each
    round times, one after the other on the same files:
    * ours: :func:`pipelines.clips.clip_dataset_from_config` with the config's plan (default: 1 key
@@ -464,8 +467,8 @@ def _with(cfg: Config, **clips) -> Config:
 def run(
     cfg: Config,
     *,
-    videos: int = 4,
-    seconds: float = 20.0,
+    videos: int = 8,
+    seconds: float = 60.0,
     fps: int = 30,
     width: int = 1280,
     height: int = 720,
@@ -717,8 +720,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m jobs.benchmark_decode", description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides (clips.*, preprocess.*, ray.*)")
     parser.add_argument("-c", "--config", help="YAML config (default: the embedded defaults)")
-    parser.add_argument("--videos", type=int, default=4, help="files per GOP setting")
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each file")
+    parser.add_argument("--videos", type=int, default=8, help="files per GOP setting")
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each file")
     parser.add_argument("--gops", default="250,30", help="comma-separated keyframe intervals")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds; medians are reported")
     parser.add_argument("--memory-videos", default="10,200", help="comma-separated corpus sizes for the memory measure ('' to skip)")

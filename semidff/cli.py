@@ -430,8 +430,8 @@ def clips(
 def benchmark_decode(
     overrides: Optional[List[str]] = OVERRIDES_ARGUMENT,
     config: Optional[Path] = CONFIG_OPTION,
-    videos: int = typer.Option(4, min=1, help="generated 1280x720 H.264 files per keyframe interval"),
-    seconds: float = typer.Option(20.0, min=1.0, help="length of each file, in seconds (30 fps)"),
+    videos: int = typer.Option(8, min=1, help="generated 1280x720 H.264 files per keyframe interval"),
+    seconds: float = typer.Option(60.0, min=1.0, help="length of each file, in seconds (30 fps)"),
     gops: str = typer.Option("250,30", help="comma-separated keyframe intervals of the files"),
     repeats: int = typer.Option(3, min=1, help="timed rounds; medians are reported"),
     memory_videos: str = typer.Option("10,200", help="comma-separated corpus sizes for the peak-memory measure ('' to skip)"),

@@ -139,21 +139,28 @@ def workspace(tmp_path_factory, local_ray_small):
     from semidff.data.synthetic import generate_synthetic_dataset
 
     root = tmp_path_factory.mktemp("teacher_cache")
-    previous = os.getcwd()
-    os.chdir(root)  # MLflow puts a SQLite store's artifacts under ./mlruns
-    try:
-        generate_synthetic_dataset(root / "data", num_videos=2, num_frames=30, width=96, height=64, seed=2)
-        write_video(root / "data" / "videos" / "gone.mp4", 20, 64, 48)
-        build_manifest([str(root / "data" / "videos")], str(root / "manifest"))
-        (root / "data" / "videos" / "gone.mp4").unlink()
-        cfg = load_config(TINY, BASE)
-        sha = save_teacher(root / "teacher.pt", cfg)
-        videos = read_manifest_rows(str(root / "manifest")).values()
-        planned = {c.clip_id for v in videos if not v["uri"].endswith("gone.mp4") for c in plan_clips(v, key_frames_per_video=3, currents_per_key=2, offset_range=(0, 6))}
-        gone = next(f"{v['video_id']}:-1" for v in videos if v["uri"].endswith("gone.mp4"))
-        yield dict(root=root, cfg=cfg, sha=sha, manifest=str(root / "manifest"), teacher=str(root / "teacher.pt"), planned=planned, gone=gone)
-    finally:
-        os.chdir(previous)
+    generate_synthetic_dataset(root / "data", num_videos=2, num_frames=30, width=96, height=64, seed=2)
+    write_video(root / "data" / "videos" / "gone.mp4", 20, 64, 48)
+    build_manifest([str(root / "data" / "videos")], str(root / "manifest"))
+    (root / "data" / "videos" / "gone.mp4").unlink()
+    cfg = load_config(TINY, BASE)
+    sha = save_teacher(root / "teacher.pt", cfg)
+    videos = read_manifest_rows(str(root / "manifest")).values()
+    planned = {c.clip_id for v in videos if not v["uri"].endswith("gone.mp4") for c in plan_clips(v, key_frames_per_video=3, currents_per_key=2, offset_range=(0, 6))}
+    gone = next(f"{v['video_id']}:-1" for v in videos if v["uri"].endswith("gone.mp4"))
+    yield dict(root=root, cfg=cfg, sha=sha, manifest=str(root / "manifest"), teacher=str(root / "teacher.pt"), planned=planned, gone=gone)
+
+
+def settled_cache_ids(cache_dir: str, quiet_s: float = 3.0, timeout_s: float = 60.0) -> list[str]:
+    """cache_ids once no file has appeared for ``quiet_s``: a Ray worker of a killed driver can
+    still commit the file it was writing in the moment before the raylet reaps it."""
+    ids, since, deadline = cache_ids(cache_dir), time.monotonic(), time.monotonic() + timeout_s
+    while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = cache_ids(cache_dir)
+        if now != ids:
+            ids, since = now, time.monotonic()
+    return ids
 
 
 def cache_ids(cache_dir: str) -> list[str]:
@@ -225,7 +232,7 @@ def test_a_killed_run_resumes_to_every_clip_exactly_once(workspace):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)  # the job's driver and the local Ray it started
             process.wait(timeout=60)
-    at_kill = cache_ids(str(cache_dir))
+    at_kill = settled_cache_ids(str(cache_dir))
     assert process.returncode == -signal.SIGKILL, (root / "killed.log").read_text()[-3000:]
     cfg = load_config(TINY, overrides)
     total = sum(len(plan_clips(v, **{k: getattr(cfg.clips, k) for k in ("key_frames_per_video", "currents_per_key", "offset_range")}))
