@@ -19,9 +19,9 @@ Two decoders give the same frames (frame ``i`` is the ``i``-th in presentation o
   ones and the reference frames are decoded: the decoder skips the non-reference frames
   (``skip_frame=NONREF``, set packet by packet), and packets of GOPs without a wanted frame are
   never sent. Only wanted frames are converted to RGB. ``semidff benchmark decode`` (BENCHMARKS.md,
-  20-s 720p H.264 files, 1 clip per second, one process, CPU seconds per file, resize included):
-  GOP 250, 0.83 s against 1.33 s with decord and 0.87 s for the ffmpeg CLI decoding every frame;
-  GOP 30, 0.39 s against 0.84 s. Reading every frame (:meth:`OpenedVideo.iter_frames`, measured
+  60-s 720p H.264 files, 1 clip per second, one process, CPU seconds per file, resize included):
+  GOP 250, 1.94 s against 3.10 s with decord and 2.03 s for the ffmpeg CLI decoding every frame;
+  GOP 30, 0.92 s against 2.28 s. Reading every frame (:meth:`OpenedVideo.iter_frames`, measured
   once on a GOP-30 file): 1.1 s against 2.7 s with decord.
 * ``decord`` (the reference, as in the manifest's probe): ``get_batch`` of the wanted frames in
   ascending chunks; decord seeks only when the next frame lies past a codec keyframe, otherwise it
