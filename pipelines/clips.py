@@ -18,7 +18,9 @@ clip becomes one row (:data:`CLIP_SCHEMA`): ids, frame indices,
 the resized frames as raw uint8 bytes with their height and width (plain binary columns: a
 variable size per video, no tensor extension type, zero-copy back to numpy), and ``status``. A
 clip whose frames do not decode is a row with ``status="error"``, a ``reason`` and an ``error``; a
-video that cannot be opened or planned is one such row with ``key_index=-1``. The run goes on.
+video that cannot be opened or planned, or is too short for any clip of the plan (reason "too
+short"), is one such row with ``key_index=-1``, so that every usable video of the manifest leaves a
+trace. The run goes on.
 
 Streaming with bounded memory: the task is a generator, so its rows leave in blocks of about
 ``block_bytes`` (the dataset's ``target_max_block_size``; a clip of two 600x1000 frames is 3.6 MB)
@@ -58,8 +60,9 @@ if TYPE_CHECKING:
     from semidff.config import Config
 
 REASON_CANNOT_PLAN = "cannot plan"  # e.g. no frame rate for key_frames_per_second
+REASON_TOO_SHORT = "too short"  # fewer frames than the smallest offset needs: the plan has no clip for it
 MAX_TASKS = 10_000  # default cap on tasks (input blocks) of a run: above it, videos are grouped
-WHOLE_VIDEO = -1  # key_index of the row that stands for a video that could not be opened or planned
+WHOLE_VIDEO = -1  # key_index of the row that stands for a video that could not be opened or planned, or has no clip (too short)
 FRAME_COLUMNS = ("key_frame", "current_frames")
 CLIP_SCHEMA = pa.schema(
     [
@@ -185,7 +188,9 @@ def clip_dataset_from_config(videos: Union[str, Sequence[Any]], cfg: "Config") -
 def _manifest_rows(videos: Union[str, Sequence[Any]]) -> list[dict]:
     """Every manifest row (dicts) of a manifest directory, its manifest.parquet, or given rows / VideoInfo objects."""
     if isinstance(videos, str):
-        directory = videos[: -len(MANIFEST_FILE)].rstrip("/") if videos.endswith("/" + MANIFEST_FILE) else videos
+        path = videos.rstrip("/")
+        # the file itself, also as a bare "manifest.parquet" in the working directory
+        directory = (posixpath.dirname(path) or ".") if posixpath.basename(path) == MANIFEST_FILE else videos
         rows = list(read_manifest_rows(directory).values())
         if not rows:
             raise ValueError(f"{videos}: no {MANIFEST_FILE} there; build it first (semidff manifest VIDEOS -o {directory})")
@@ -224,6 +229,15 @@ def _clip_rows_of_video(
                 clips = plan_clips(video, codec_keyframes=opened.keyframe_indices(), **plan_args)
             except ValueError as exc:
                 yield _whole_video_row(video, REASON_CANNOT_PLAN, f"{video['uri']}: {exc}")
+                return
+            if not clips:
+                lo, hi = plan_args["offset_range"]
+                yield _whole_video_row(
+                    video,
+                    REASON_TOO_SHORT,
+                    f"{video['uri']}: {opened.num_frames} frame(s), too few for a current frame at offset d >= {lo} "
+                    f"(clips.offset_range=[{lo}, {hi}]), so it gives no clip; nothing is wrong with the file",
+                )
                 return
             for result in opened.decode_clips(clips, short_side=short_side, max_long_side=max_long_side, chunk_frames=chunk_frames):
                 yield clip_row(result)
@@ -288,7 +302,7 @@ class ClipsSummary:
 
     ok: int = 0
     failed: int = 0  # clip rows with status "error", whole-video rows included
-    videos_failed: int = 0  # of those, rows for a whole video (could not be opened or planned)
+    videos_failed: int = 0  # of those, rows for a whole video (could not be opened or planned, or too short for any clip)
     frames_decoded: int = 0  # sum of the ok clips' frames_decoded estimates
     failures: Counter = field(default_factory=Counter)  # reason -> rows
     examples: dict[str, str] = field(default_factory=dict)  # reason -> one error message
@@ -320,7 +334,7 @@ class ClipsSummary:
         per_clip = f", ~{self.frames_decoded / self.ok:.1f} frames decoded per ok clip" if self.ok else ""
         lines = [
             f"clips: {self.clips} from {len(self.video_ids)} videos: {self.ok} ok, {self.failed} failed "
-            f"({self.videos_failed} videos could not be opened or planned){per_clip}; {self.seconds:.1f} s"
+            f"({self.videos_failed} videos could not be opened, planned or had no clip){per_clip}; {self.seconds:.1f} s"
         ]
         if self.failures:
             lines.append("  failed, by reason:")

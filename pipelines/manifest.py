@@ -184,6 +184,8 @@ def _hidden(relative_path: str) -> bool:
 
 def _walk(filesystem: pafs.FileSystem, directory: str) -> list[str]:
     """Files under ``directory`` (recursively) with a video extension, hidden names skipped."""
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return [path for path in _local_tree(directory, skip_hidden=True) if _extension(path) in VIDEO_EXTENSIONS]
     entries = filesystem.get_file_info(pafs.FileSelector(directory, recursive=True))
     return sorted(
         e.path
@@ -192,6 +194,41 @@ def _walk(filesystem: pafs.FileSystem, directory: str) -> list[str]:
         and _extension(e.path) in VIDEO_EXTENSIONS
         and not _hidden(posixpath.relpath(e.path, directory))
     )
+
+
+def _local_tree(directory: str, skip_hidden: bool) -> list[str]:
+    """Every non-directory entry under a local ``directory``, sorted, each real directory listed once.
+
+    Symlinked directories are followed, but only to directories not listed yet: a link loop
+    (``a/loop -> a``) or a second way into the same folder would otherwise list its files again
+    under ever longer paths (pyarrow follows a loop until ELOOP), each one a duplicate video. The
+    real directories under ``directory`` come first, so their files keep their own paths. Symlinked
+    files are kept as they are (their own path, their own video_id); a broken link is kept too,
+    so that it becomes a "missing file" row instead of vanishing. Unreadable folders raise OSError.
+    """
+    listed: set[str] = set()
+    found: list[str] = []
+    links = [directory]
+    while links:  # round 1: the real tree; then the directories its links lead to, and so on
+        stack, links = sorted(links, reverse=True), []
+        while stack:
+            current = stack.pop()
+            real = os.path.realpath(current)
+            if real in listed:
+                continue
+            listed.add(real)
+            with os.scandir(current) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name, reverse=True)
+            for entry in entries:
+                if skip_hidden and entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_symlink() and entry.is_dir():
+                    links.append(entry.path)
+                else:
+                    found.append(entry.path)
+    return sorted(found)
 
 
 def _glob(filesystem: pafs.FileSystem, pattern: str) -> list[str]:
@@ -204,10 +241,10 @@ def _glob(filesystem: pafs.FileSystem, pattern: str) -> list[str]:
         part, rest = parts[level], parts[level:]
         if part == "**":
             return sorted(
-                entry.path
+                path
                 for directory in directories
-                for entry in filesystem.get_file_info(pafs.FileSelector(directory, recursive=True, allow_not_found=True))
-                if entry.type == pafs.FileType.File and _glob_match(posixpath.relpath(entry.path, directory).split("/"), rest)
+                for path in _tree(filesystem, directory)
+                if _glob_match(posixpath.relpath(path, directory).split("/"), rest)
             )
         entries = [
             entry
@@ -219,6 +256,14 @@ def _glob(filesystem: pafs.FileSystem, pattern: str) -> list[str]:
             return sorted(entry.path for entry in entries if entry.type == pafs.FileType.File)
         directories = [entry.path for entry in entries if entry.type == pafs.FileType.Directory]
     return []
+
+
+def _tree(filesystem: pafs.FileSystem, directory: str) -> list[str]:
+    """Every file under ``directory``, recursively (local: :func:`_local_tree`, symlink loops cut)."""
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        return _local_tree(directory, skip_hidden=False) if os.path.isdir(directory) else []
+    entries = filesystem.get_file_info(pafs.FileSelector(directory, recursive=True, allow_not_found=True))
+    return [entry.path for entry in entries if entry.type == pafs.FileType.File]
 
 
 def _glob_match(path_parts: list[str], pattern_parts: list[str]) -> bool:
@@ -241,7 +286,14 @@ def _read_list(filesystem: pafs.FileSystem, path: str, to_uri: Callable[[str], s
     """Entries of a list file: one path or URI per line, taken as they are (not checked here:
     a missing one becomes an error row), relative paths relative to the list file."""
     with filesystem.open_input_stream(path) as stream:
-        text = stream.read().decode("utf-8")
+        data = stream.read()
+    try:
+        text = data.decode("utf-8-sig")  # "-sig": a byte-order mark (Windows editors) is not part of the first path
+    except UnicodeDecodeError as exc:
+        raise _NoMatch(
+            f"not a UTF-8 text list of paths (byte {exc.start} is {data[exc.start:exc.start + 1]!r}); a .txt/.list input "
+            "is read as one path or URI per line: save it as UTF-8, or give a video by another name"
+        ) from None
     entries = []
     for line in text.splitlines():
         entry = line.strip()
@@ -414,7 +466,11 @@ def build_manifest(
     start = time.perf_counter()
     uris = list_video_uris(inputs)
     filesystem, base = _output_location(output_dir)
-    filesystem.create_dir(f"{base}/{PARTS_DIR}", recursive=True)
+    try:
+        filesystem.create_dir(f"{base}/{PARTS_DIR}", recursive=True)
+    except OSError as exc:  # the output is a file, or not writable
+        detail = os.strerror(exc.errno) if exc.errno else str(exc)  # pyarrow's own text repeats the path
+        raise ManifestError(f"{output_dir}: cannot use it as the output directory ({detail}); pass a directory to create or extend") from None
     old_parts = _existing_parts(filesystem, base)
     rows = read_manifest_rows(output_dir)
     _check_ids_unique(uris, rows)

@@ -338,7 +338,8 @@ def plan_cache_work(manifest_dir: str, cfg, done: set[str]) -> CacheWork:
         try:
             ids = [clip.clip_id for clip in plan_clips(video, **_plan_args(cfg))]
         except ValueError:
-            ids = [whole_video]  # the decode task records the video as one failed row
+            ids = []
+        ids = ids or [whole_video]  # cannot be planned, or too short for any clip: the decode task records it as one row
         planned += len(ids)
         left = [] if whole_video in done else [clip_id for clip_id in ids if clip_id not in done]
         if left:

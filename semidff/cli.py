@@ -93,7 +93,7 @@ def manifest(
     progress_every: int = typer.Option(100, min=1, help="print a progress line every this many probed videos"),
     probe_timeout: float = typer.Option(
         120.0, "--probe-timeout", min=0.0, metavar="SECONDS",
-        help="a probe running longer is killed and its video recorded with reason 'timeout' (a hung decoder)",
+        help="a probe running longer is killed and its video recorded with reason 'timeout' (a hung decoder); 0: no limit",
     ),
 ) -> None:
     """Probe every video once (frames, fps, size, duration) into manifest.parquet; bad files become rows, not crashes."""
@@ -102,7 +102,7 @@ def manifest(
     with exit_on(ManifestError):
         summary = build_manifest(
             inputs, output, num_cpus=num_cpus, address=address, retry_failed=retry_failed,
-            progress_every=progress_every, progress=lambda line: typer.echo(line, err=True), probe_timeout_s=probe_timeout,
+            progress_every=progress_every, progress=lambda line: typer.echo(line, err=True), probe_timeout_s=probe_timeout or None,
         )
     typer.echo(summary.format())
 

@@ -176,8 +176,16 @@ class _DecordReader:
             chunk = list(wanted[start : start + chunk_frames])
             try:
                 batch = self.read(chunk)
-            except Exception as exc:  # decord raises DECORDError/RuntimeError with FFmpeg's code in the text
-                raise _ReadFailed(chunk[0], chunk[-1], decord_detail(exc)) from None
+            except Exception:  # decord raises DECORDError/RuntimeError with FFmpeg's code in the text
+                # The chunk failed as a whole: its frames before the damaged one are good, so read
+                # them one by one (forward, no seek within a GOP) up to the first that fails.
+                for index in chunk:
+                    try:
+                        (frame,) = self.read([index])
+                    except Exception as exc:
+                        raise _ReadFailed(index, chunk[-1], decord_detail(exc)) from None
+                    yield index, frame
+                continue
             yield from zip(chunk, batch)
 
 

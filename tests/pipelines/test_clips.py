@@ -13,10 +13,12 @@ from typer.testing import CliRunner
 from tests.video_fixtures import break_last_packet, pattern_frame, write_video  # PyAV before decord
 
 import ray
+from pipelines import clips as clips_module
 from pipelines.clips import (
     CLIP_SCHEMA,
     FAILURE_SCHEMA,
     PLAN_KEYS,
+    REASON_TOO_SHORT,
     WHOLE_VIDEO,
     clip_dataset,
     clip_dataset_arguments,
@@ -197,3 +199,33 @@ def test_cli_clips_prints_the_report_and_exits_2_without_a_manifest(manifest, tm
     assert f"clip plan of {manifest}: 4 videos, 117 frames" in result.output and "  as planned *  " in result.output
     missing = CliRunner().invoke(app, ["clips", str(tmp_path / "nowhere")])
     assert missing.exit_code == 2 and "no manifest.parquet there; build it first" in missing.output
+
+
+def test_a_bare_manifest_parquet_path_is_the_manifest(manifest, monkeypatch):
+    """`semidff clips manifest.parquet` from inside the output folder used to look for
+    manifest.parquet/manifest.parquet and say 'no manifest.parquet there; build it first'."""
+    monkeypatch.chdir(manifest)
+    rows = list(read_manifest_rows(str(manifest)).values())
+    for given in ("manifest.parquet", "./manifest.parquet", str(manifest / "manifest.parquet"), f"file://{manifest}/manifest.parquet"):
+        assert clips_module._manifest_rows(given) == rows
+
+
+def test_keys_on_codec_keyframes_through_the_stage(manifest, local_ray):
+    """clips.align_to_codec_keyframes=true in the stage: every key of the GOP-10 files is a codec
+    keyframe, the clips are those of the aligned plan and they decode."""
+    plan = dict(PLAN, key_frames_per_second=1.0, align_to_codec_keyframes=True)  # keys 25 apart: 0, 20 on a GOP of 10
+    rows = [r for r in clip_dataset(str(manifest), **plan, **SIZE).take_all() if Path(r["uri"]).name in ("a.mp4", "b.mkv")]
+    videos = {Path(r["uri"]).name: r for r in read_manifest_rows(str(manifest)).values()}
+    for name in ("a.mp4", "b.mkv"):
+        keyframes = codec_keyframe_indices(videos[name]["uri"])
+        expected = plan_clips(videos[name], codec_keyframes=keyframes, **plan)
+        got = sorted((r["clip_id"], r["frames_decoded"], r["status"]) for r in rows if Path(r["uri"]).name == name)
+        assert got == sorted((c.clip_id, c.frames_decoded, "ok") for c in expected) and expected
+        assert all(c.key_index in keyframes for c in expected)
+
+
+def test_a_video_too_short_for_any_clip_leaves_one_row_saying_so(tmp_path, local_ray):
+    short = write_video(tmp_path / "short.mp4", 6, 64, 48)  # 6 frames: nothing fits at offset >= 8
+    (row,) = clip_dataset([probe_video(str(short)).to_row()], **PLAN, **SIZE).take_all()
+    assert row["key_index"] == WHOLE_VIDEO and row["status"] == "error" and row["reason"] == REASON_TOO_SHORT
+    assert row["error"] == f"{short}: 6 frame(s), too few for a current frame at offset d >= 8 (clips.offset_range=[8, 9]), so it gives no clip; nothing is wrong with the file"

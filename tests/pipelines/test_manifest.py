@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import pyarrow as pa
@@ -128,6 +129,40 @@ def test_inputs_that_match_nothing_are_named_with_the_reason(corpus, tmp_path):
     assert str(corpus) + ":" not in message
 
 
+def test_symlinked_folders_are_followed_once_and_loops_cut(corpus, tmp_path):
+    """A link loop used to list every file again under loop/loop/... until ELOOP (40 duplicates
+    each), and a second link into a folder listed its files twice. Linked files keep their own path;
+    a broken link is listed, to become a "missing file" row."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "sub").mkdir(parents=True)
+    outside.mkdir()
+    for name in ("root/a.mp4", "root/sub/b.mp4", "outside/c.avi"):
+        shutil.copy(corpus / "good/h264.mp4", tmp_path / name)
+    (root / "loop").symlink_to(root)
+    (root / "alias").symlink_to(root / "sub")
+    (root / "ext").symlink_to(outside)
+    (root / "link.mp4").symlink_to(root / "sub/b.mp4")
+    (root / "broken.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    expected = [str(root / name) for name in ("a.mp4", "broken.mp4", "ext/c.avi", "link.mp4", "sub/b.mp4")]
+    assert list_video_uris([str(root)]) == expected
+    assert list_video_uris([f"{root}/**/*.*"]) == expected
+
+
+def test_a_list_file_may_start_with_a_byte_order_mark_but_must_be_text(corpus, tmp_path):
+    listing = tmp_path / "bom.txt"
+    listing.write_bytes(b"\xef\xbb\xbf" + f"{corpus}/good/h264.mp4\r\n".encode())  # as Windows Notepad saves it
+    assert list_video_uris([str(listing)]) == [str(corpus / "good/h264.mp4")]
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00\x01")
+    with pytest.raises(ManifestError, match=r"binary.txt: not a UTF-8 text list of paths \(byte 0 is b'\\xff'\); .* save it as UTF-8"):
+        list_video_uris([str(tmp_path / "binary.txt")])
+
+
+def test_an_output_that_is_a_file_is_refused_naming_it(corpus, tmp_path):
+    (tmp_path / "out").write_text("a file, not a folder")
+    with pytest.raises(ManifestError, match=f"{tmp_path / 'out'}: cannot use it as the output directory \\(Not a directory\\); pass a directory"):
+        build_manifest([str(corpus / "good/h264.mp4")], str(tmp_path / "out"))
+
+
 def test_object_store_uris_map_back_from_their_filesystem_paths():
     # the listing code is shared with local paths; this is the one step that differs (no network: mock://)
     filesystem, path, to_uri = manifest_module._resolve("mock:///bucket/raw/")
@@ -200,6 +235,29 @@ def test_rerun_probes_only_new_videos_and_retry_failed_only_failed_ones(corpus, 
     # rows of earlier inputs stay when a rerun names other inputs only
     fourth = build_manifest([str(corpus / "good/vfr.mp4")], output)
     assert (fourth.probed, fourth.total) == (1, 5)
+
+
+def test_awkward_names_links_and_list_entries_get_their_rows(corpus, tmp_path, local_ray):
+    """Spaces and non-ASCII names (also as a %-encoded file:// URI in a list file with a BOM), a
+    symlinked file, a broken link and a listed missing file: each gets its own, right row."""
+    videos = tmp_path / "vidéos en vrac"
+    videos.mkdir()
+    odd = videos / "clip ünï 1.mp4"
+    shutil.copy(corpus / "good/h264.mp4", odd)
+    (videos / "link.mp4").symlink_to(odd)
+    (videos / "broken.mp4").symlink_to(tmp_path / "gone.mp4")
+    listing = tmp_path / "list.txt"
+    uri = "file://" + urllib.parse.quote(str(odd))
+    listing.write_bytes(b"\xef\xbb\xbf" + f"{uri}\nmissing.mp4\n".encode())
+    summary = build_manifest([str(videos), str(listing)], str(tmp_path / "out"))
+    rows = {Path(r["uri"]).name: r for r in _manifest_table(tmp_path / "out").to_pylist()}
+    assert {name: (r["status"], r["reason"], r["num_frames"]) for name, r in rows.items()} == {
+        odd.name: ("ok", "", 20), "link.mp4": ("ok", "", 20), "broken.mp4": ("error", "missing file", None),
+        "missing.mp4": ("error", "missing file", None),
+    }
+    assert rows[odd.name]["uri"] == str(odd) and rows[odd.name]["video_id"] == video_id_for(uri)
+    assert rows["missing.mp4"]["error"].startswith(f"{tmp_path / 'missing.mp4'}: cannot read the file (No such file or directory)")
+    assert (summary.total, summary.ok) == (4, 2)
 
 
 def test_a_crashed_run_keeps_what_it_probed_and_the_rerun_does_the_rest(corpus, tmp_path, local_ray):

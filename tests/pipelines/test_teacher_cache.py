@@ -247,3 +247,22 @@ def test_a_killed_run_resumes_to_every_clip_exactly_once(workspace):
     assert len(ids) == len(set(ids)) == total  # complete, and no clip twice
     assert set(at_kill) <= set(ids) and summary.skipped == len(at_kill) and summary.written == total - len(at_kill)
     assert temporary_files(str(cache_dir)) == [] and inspect_cache(str(cache_dir)).healthy
+
+
+def test_a_video_too_short_for_any_clip_is_work_once_then_done(tmp_path, local_ray_small):
+    """Its one "too short" row is what the build records for it; once written, a rerun skips it."""
+    from pipelines.manifest import build_manifest, read_manifest_rows
+    from pipelines.teacher_cache import plan_cache_work
+
+    (tmp_path / "videos").mkdir()
+    write_video(tmp_path / "videos" / "long.mp4", 30, 64, 48)
+    write_video(tmp_path / "videos" / "short.mp4", 2, 64, 48)  # offsets d >= 2: no clip fits
+    build_manifest([str(tmp_path / "videos")], str(tmp_path / "manifest"))
+    cfg = load_config(TINY, BASE + ["clips.offset_range=[2,6]"])
+    rows = {Path(row["uri"]).name: row for row in read_manifest_rows(str(tmp_path / "manifest")).values()}
+    short_row = f"{rows['short.mp4']['video_id']}:-1"
+    long_clips = [c.clip_id for c in plan_clips(rows["long.mp4"], key_frames_per_video=3, currents_per_key=2, offset_range=(2, 6))]
+    work = plan_cache_work(str(tmp_path / "manifest"), cfg, done=set())
+    assert [Path(v["uri"]).name for v in work.videos] == ["long.mp4", "short.mp4"] and work.planned == len(long_clips) + 1
+    work = plan_cache_work(str(tmp_path / "manifest"), cfg, done={short_row, *long_clips})
+    assert work.videos == [] and work.missing == 0

@@ -236,3 +236,30 @@ def test_a_damaged_frame_fails_the_same_clips_with_pyav_alone_and_after_the_fall
     with open_video(str(path), decoder="pyav") as video:
         with pytest.raises(VideoOpenError, match="did not decode"):
             list(video.iter_frames())
+
+
+def break_packet_of_frame(path: Path, frame: int, output: Path) -> Path:
+    """Copy an H.264 MP4 with the NAL length of frame ``frame``'s packet set to an impossible value:
+    a file damaged in the middle, every size field right (the probe cannot see it)."""
+    import av
+
+    with av.open(str(path)) as container:
+        packets = sorted((packet.pts, packet.pos) for packet in container.demux(video=0) if packet.size)
+    data = bytearray(path.read_bytes())
+    position = packets[frame][1]
+    data[position : position + 4] = b"\x7f\xff\xff\xff"
+    output.write_bytes(bytes(data))
+    return output
+
+
+@pytest.mark.parametrize("decoder", ["decord", "pyav", "auto"])
+def test_a_frame_damaged_mid_file_fails_its_clip_and_the_later_ones_only(videos, tmp_path, decoder):
+    """Frame 25 of 40 is broken. The clips before it come out with their frames with every decoder
+    (decord used to fail its whole read chunk, the good clips 0 and 10 with it); the rest fail."""
+    path = break_packet_of_frame(videos["short"], 25, tmp_path / "damaged_mid.mp4")
+    clips = plan_clips(info(path, 40), key_frames_per_second=2.5, offset_range=(5, 5))  # keys 0, 10, 20, 30 + 5
+    results = list(decode_clips(str(path), clips, short_side=H, max_long_side=W, decoder=decoder))
+    assert [(r.clip.key_index, isinstance(r, ClipFrames)) for r in results] == [(0, True), (10, True), (20, False), (30, False)]
+    for result in results[:2]:
+        assert [frame_index(f, 40) for f in result.current_frames] == list(result.clip.current_indices)
+    assert all(r.reason == REASON_DECODE_FAILED and f"{path}: frames 25-" in r.error for r in results[2:])
