@@ -37,9 +37,11 @@ Frames are resized in uint8 (short side 600, long side at most 1000 by default,
 ``semidff.preprocess.resized_shape``), ``chunk_frames`` full-size frames at a time, and kept until
 the last clip that needs them is out. Normalisation is left to the teacher stage.
 
-A read that fails stops the video: every clip not yet yielded comes back as a
-:class:`ClipFailure` with the reason, the clips yielded before it stay good, and a frame that did
-not decode never reaches a ClipFrames. decord decodes on a thread that works ahead, so a damaged
+A read that fails costs the clips that need a frame from the first one that did not decode up to
+the next codec keyframe: they come back as :class:`ClipFailure` with the reason, decoding starts
+again at that keyframe (the frames after it do not depend on the damaged ones), and the clips on
+either side keep their frames. Without a later keyframe every clip not yet yielded fails. A frame
+that did not decode never reaches a ClipFrames. decord decodes on a thread that works ahead, so a damaged
 packet's error can surface from an earlier read: on a file whose last frame is broken, the read
 of frames 0-31 failed in 3 of 60 tries. A failed decord read is therefore tried once more on a
 freshly opened reader before the clips fail. A video that cannot be opened fails all its clips
@@ -361,10 +363,15 @@ class OpenedVideo:
         self, clips: Sequence[ClipSpec], *, short_side: int = 600, max_long_side: int = 1000, chunk_frames: int = 16
     ) -> Iterator[ClipResult]:
         """One result per clip, each as soon as its last frame is decoded (clips ordered by their
-        last frame). At most ``chunk_frames`` full-size frames are held before they are resized."""
+        last frame). At most ``chunk_frames`` full-size frames are held before they are resized.
+
+        When frames do not decode, the clips that need a frame from the first one missing up to
+        the next codec keyframe fail, and decoding goes on from that keyframe (a fresh start, as
+        after a seek): the clips after the damage keep their frames."""
         if chunk_frames < 1:
             raise ValueError(f"chunk_frames={chunk_frames}: must be >= 1")
         num_frames = self.num_frames
+        keyframes = self.keyframe_indices()  # before any decoding: the readers may change on a failure
         pending = []
         for clip in clips:
             if clip.frame_indices and clip.frame_indices[-1] >= num_frames:
@@ -377,42 +384,58 @@ class OpenedVideo:
             else:
                 pending.append(clip)
         pending.sort(key=lambda c: (c.frame_indices[-1], c.key_index))
-        # first_needed[i]: the lowest frame any of pending[i:] still needs; frames below it are dropped
-        first_needed = np.minimum.accumulate([c.frame_indices[0] for c in pending][::-1])[::-1].tolist() + [num_frames]
-        wanted = sorted({i for clip in pending for i in clip.frame_indices})
-        frames: dict[int, np.ndarray] = {}
-        done = 0
-        source = self._frames(wanted, chunk_frames)
-        failure: Optional[_ReadFailed] = None
-        while done < len(pending) and failure is None:
-            chunk: list[tuple[int, np.ndarray]] = []
-            try:
-                for item in source:
-                    chunk.append(item)
-                    if len(chunk) == chunk_frames:
-                        break
-            except _ReadFailed as exc:
-                failure = exc
-            if chunk:
-                resized, scale = resize_frames(np.stack([frame for _, frame in chunk]), short_side, max_long_side)
-                frames.update(zip((index for index, _ in chunk), resized))
-                last = chunk[-1][0]
-                while done < len(pending) and pending[done].frame_indices[-1] <= last:
-                    clip = pending[done]
-                    current = np.stack([frames[i] for i in clip.current_indices])
-                    yield ClipFrames(clip, frames[clip.key_index].copy(), current, scale)
-                    done += 1
-                for index in [i for i in frames if i < first_needed[done]]:
-                    del frames[index]
-            elif failure is None:  # the source ended without an error: only a wrong reader gets here
-                failure = _ReadFailed(wanted[0], wanted[-1], "the decoder stopped early")
-        if failure is not None:
-            error = (
-                f"{self.uri}: frames {failure.first}-{failure.last} did not decode ({failure.detail}); "
-                "the file is damaged from about there on, fetch it again"
-            )
-            for clip in pending[done:]:
+        to_read = sorted({i for clip in pending for i in clip.frame_indices})
+        frames: dict[int, np.ndarray] = {}  # resized frames some pending clip still needs
+        while pending:
+            failure, delivered = None, 0
+            source = self._frames(to_read, chunk_frames)
+            while pending and failure is None:
+                chunk: list[tuple[int, np.ndarray]] = []
+                try:
+                    for item in source:
+                        chunk.append(item)
+                        if len(chunk) == chunk_frames:
+                            break
+                except _ReadFailed as exc:
+                    failure = exc
+                if chunk:
+                    delivered += len(chunk)
+                    resized, scale = resize_frames(np.stack([frame for _, frame in chunk]), short_side, max_long_side)
+                    frames.update(zip((index for index, _ in chunk), resized))
+                    last = chunk[-1][0]
+                    while pending and pending[0].frame_indices[-1] <= last:
+                        clip = pending.pop(0)
+                        current = np.stack([frames[i] for i in clip.current_indices])
+                        yield ClipFrames(clip, frames[clip.key_index].copy(), current, scale)
+                    first_needed = min((c.frame_indices[0] for c in pending), default=num_frames)
+                    for index in [i for i in frames if i < first_needed]:
+                        del frames[index]
+                elif failure is None:  # the source ended without an error: only a wrong reader gets here
+                    missing = to_read[delivered] if delivered < len(to_read) else pending[0].frame_indices[-1]
+                    failure = _ReadFailed(missing, num_frames - 1, "the decoder stopped early")
+            if failure is None:
+                return
+            resume = next((k for k in keyframes if k > failure.first), None) if self._can_read else None
+            if resume is None:
+                damaged, error = pending, (
+                    f"{self.uri}: frames {failure.first}-{failure.last} did not decode ({failure.detail}); "
+                    "the file is damaged from about there on, fetch it again"
+                )
+            else:
+                damaged = [clip for clip in pending if any(failure.first <= i < resume for i in clip.frame_indices)]
+                error = (
+                    f"{self.uri}: frames {failure.first}-{resume - 1} did not decode ({failure.detail}); the file is damaged "
+                    f"there (decoding went on from the codec keyframe at frame {resume}), fetch it again"
+                )
+            for clip in damaged:
                 yield ClipFailure(clip, REASON_DECODE_FAILED, error)
+            pending = [clip for clip in pending if clip not in damaged]
+            to_read = [i for i in to_read if resume is not None and i >= resume]
+
+    @property
+    def _can_read(self) -> bool:
+        """A reader is still open (a failed fallback to decord leaves none)."""
+        return self._pyav is not None or self._decord is not None
 
     def iter_frames(self, chunk_frames: int = 16) -> Iterator[np.ndarray]:
         """Every frame in display order, (H, W, 3) uint8 RGB at full size, each codec frame decoded
