@@ -231,18 +231,31 @@ def _clip_rows_of_video(
                 yield _whole_video_row(video, REASON_CANNOT_PLAN, f"{video['uri']}: {exc}")
                 return
             if not clips:
-                lo, hi = plan_args["offset_range"]
-                yield _whole_video_row(
-                    video,
-                    REASON_TOO_SHORT,
-                    f"{video['uri']}: {opened.num_frames} frame(s), too few for a current frame at offset d >= {lo} "
-                    f"(clips.offset_range=[{lo}, {hi}]), so it gives no clip; nothing is wrong with the file",
-                )
+                yield _no_clip_row(video, plan_args)
                 return
             for result in opened.decode_clips(clips, short_side=short_side, max_long_side=max_long_side, chunk_frames=chunk_frames):
                 yield clip_row(result)
     except VideoOpenError as exc:
         yield _whole_video_row(video, exc.reason, exc.message)
+
+
+def _no_clip_row(video: dict, plan_args: dict) -> dict:
+    """The row of a video whose plan has no clip: too short for the smallest offset, or (keys on
+    codec keyframes) no keyframe early enough."""
+    lo, hi = plan_args["offset_range"]
+    if video["num_frames"] - 1 - lo < 0:
+        return _whole_video_row(
+            video,
+            REASON_TOO_SHORT,
+            f"{video['uri']}: {video['num_frames']} frame(s), too few for a current frame at offset d >= {lo} "
+            f"(clips.offset_range=[{lo}, {hi}]), so it gives no clip; nothing is wrong with the file",
+        )
+    return _whole_video_row(
+        video,
+        REASON_CANNOT_PLAN,
+        f"{video['uri']}: no codec keyframe leaves room for a current frame at offset d >= {lo} "
+        "(clips.align_to_codec_keyframes=true), so it gives no clip; set it to false to plan keys anywhere",
+    )
 
 
 def clip_row(result: ClipResult) -> dict:

@@ -205,6 +205,7 @@ def _local_tree(directory: str, skip_hidden: bool) -> list[str]:
     real directories under ``directory`` come first, so their files keep their own paths. Symlinked
     files are kept as they are (their own path, their own video_id); a broken link is kept too,
     so that it becomes a "missing file" row instead of vanishing. Unreadable folders raise OSError.
+    Duplicates are cut within one listing: two inputs that reach the same folder list it twice.
     """
     listed: set[str] = set()
     found: list[str] = []
@@ -224,11 +225,27 @@ def _local_tree(directory: str, skip_hidden: bool) -> list[str]:
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
-                elif entry.is_symlink() and entry.is_dir():
+                    continue
+                kind = _followed_kind(entry)
+                if kind == "dir":
                     links.append(entry.path)
-                else:
+                elif kind == "file":
                     found.append(entry.path)
     return sorted(found)
+
+
+def _followed_kind(entry: os.DirEntry) -> Optional[str]:
+    """What a directory entry leads to: "dir", "file" (a regular file, or a link that leads
+    nowhere: a broken link or a link loop, listed so that it becomes a "missing file" row), or
+    None for FIFOs, sockets and devices (a probe would block on opening a FIFO)."""
+    try:
+        if entry.is_dir():
+            return "dir"
+        if entry.is_file():
+            return "file"
+    except OSError:  # ELOOP: a link that leads to itself
+        return "file"
+    return "file" if entry.is_symlink() and not os.path.exists(entry.path) else None
 
 
 def _glob(filesystem: pafs.FileSystem, pattern: str) -> list[str]:

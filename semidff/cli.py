@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, List, Optional
 
+import click
 import typer
 
 from semidff.config import Config, ConfigError, load_config
@@ -36,10 +37,11 @@ OVERRIDES_ARGUMENT = typer.Argument(None, help="Dotted overrides, e.g. model.bac
 def exit_on(*errors: type[Exception], code: int = 2) -> Iterator[None]:
     """Turn ``errors`` raised inside into one ``error: <message>`` line on stderr and exit status
     ``code`` (2: bad input, config or arguments; 1: the work itself failed). Anything else, and
-    typer's own exits (click's Exit is a RuntimeError), pass through."""
+    typer's and click's own exits (RuntimeErrors, which a nested ``exit_on(RuntimeError)`` would
+    otherwise catch), pass through."""
     try:
         yield
-    except (typer.Exit, typer.Abort):
+    except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort):
         raise
     except errors as exc:
         typer.echo(f"error: {exc}", err=True)

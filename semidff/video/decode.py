@@ -350,6 +350,8 @@ class OpenedVideo:
                     delivered += 1
                 return
             except _PyAVUnusable as exc:
+                if delivered == len(wanted):  # e.g. a damaged packet after the last frame wanted
+                    return
                 if self._requested == DECODER_PYAV:
                     raise _ReadFailed(wanted[delivered], wanted[delivered], str(exc)) from None
                 self._pyav = None
@@ -430,7 +432,7 @@ class OpenedVideo:
             for clip in damaged:
                 yield ClipFailure(clip, REASON_DECODE_FAILED, error)
             pending = [clip for clip in pending if clip not in damaged]
-            to_read = [i for i in to_read if resume is not None and i >= resume]
+            to_read = sorted({i for clip in pending for i in clip.frame_indices if i >= resume}) if pending else []
 
     @property
     def _can_read(self) -> bool:

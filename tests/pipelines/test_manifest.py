@@ -143,7 +143,9 @@ def test_symlinked_folders_are_followed_once_and_loops_cut(corpus, tmp_path):
     (root / "ext").symlink_to(outside)
     (root / "link.mp4").symlink_to(root / "sub/b.mp4")
     (root / "broken.mp4").symlink_to(tmp_path / "nowhere.mp4")
-    expected = [str(root / name) for name in ("a.mp4", "broken.mp4", "ext/c.avi", "link.mp4", "sub/b.mp4")]
+    (root / "self.mp4").symlink_to(root / "self.mp4")  # a link to itself: listed (a "missing file" row), not a refused input
+    os.mkfifo(root / "fifo.mp4")  # not a file: opening it to probe would block
+    expected = [str(root / name) for name in ("a.mp4", "broken.mp4", "ext/c.avi", "link.mp4", "self.mp4", "sub/b.mp4")]
     assert list_video_uris([str(root)]) == expected
     assert list_video_uris([f"{root}/**/*.*"]) == expected
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -151,16 +152,24 @@ def workspace(tmp_path_factory, local_ray_small):
     yield dict(root=root, cfg=cfg, sha=sha, manifest=str(root / "manifest"), teacher=str(root / "teacher.pt"), planned=planned, gone=gone)
 
 
-def settled_cache_ids(cache_dir: str, quiet_s: float = 3.0, timeout_s: float = 60.0) -> list[str]:
-    """cache_ids once no file has appeared for ``quiet_s``: a Ray worker of a killed driver can
-    still commit the file it was writing in the moment before the raylet reaps it."""
-    ids, since, deadline = cache_ids(cache_dir), time.monotonic(), time.monotonic() + timeout_s
-    while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+def wait_for_processes_gone(marker: str, timeout_s: float = 60.0) -> None:
+    """Wait until no process has ``marker`` in its command line or environment (Linux /proc; Ray
+    workers retitle themselves, but inherit the driver's environment): the raylet and the workers
+    of a killed driver outlive it for a moment, and an actor may still commit the file it was
+    writing."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = []
+        for process in Path("/proc").glob("[0-9]*"):
+            try:
+                if any(marker.encode() in (process / name).read_bytes() for name in ("cmdline", "environ")):
+                    alive.append(process.name)
+            except OSError:  # gone meanwhile, or not ours
+                pass
+        if not alive:
+            return
         time.sleep(0.2)
-        now = cache_ids(cache_dir)
-        if now != ids:
-            ids, since = now, time.monotonic()
-    return ids
+    raise AssertionError(f"processes of the killed run still alive after {timeout_s} s: {alive}")
 
 
 def cache_ids(cache_dir: str) -> list[str]:
@@ -221,7 +230,8 @@ def test_a_killed_run_resumes_to_every_clip_exactly_once(workspace):
     # Larger frames and one clip per file: the run writes its files one by one over a few seconds.
     overrides = BASE + ["preprocess.short_side=160", "preprocess.max_long_side=240", "cache.clips_per_file=1", "clips.key_frames_per_video=5", "ray.num_cpus=2"]
     command = [sys.executable, "-m", "jobs.cache", workspace["manifest"], "--teacher", workspace["teacher"], "-o", str(cache_dir), "-c", str(TINY), *overrides]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"OMP_NUM_THREADS": "1"}
+    ray_tmp = tempfile.mkdtemp(prefix="sdffk", dir="/tmp")  # short (Ray's socket paths): every process of the run names it
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"OMP_NUM_THREADS": "1", "RAY_TMPDIR": ray_tmp}
     with open(root / "killed.log", "wb") as log:
         process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -232,7 +242,8 @@ def test_a_killed_run_resumes_to_every_clip_exactly_once(workspace):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)  # the job's driver and the local Ray it started
             process.wait(timeout=60)
-    at_kill = settled_cache_ids(str(cache_dir))
+    wait_for_processes_gone(ray_tmp)
+    at_kill = cache_ids(str(cache_dir))
     assert process.returncode == -signal.SIGKILL, (root / "killed.log").read_text()[-3000:]
     cfg = load_config(TINY, overrides)
     total = sum(len(plan_clips(v, **{k: getattr(cfg.clips, k) for k in ("key_frames_per_video", "currents_per_key", "offset_range")}))
@@ -250,7 +261,8 @@ def test_a_killed_run_resumes_to_every_clip_exactly_once(workspace):
 
 
 def test_a_video_too_short_for_any_clip_is_work_once_then_done(tmp_path, local_ray_small):
-    """Its one "too short" row is what the build records for it; once written, a rerun skips it."""
+    """Planning: the video is one row of work (the clip stage's "too short" row, tested in
+    tests/pipelines/test_clips.py) until that row is in the cache; then a rerun skips it."""
     from pipelines.manifest import build_manifest, read_manifest_rows
     from pipelines.teacher_cache import plan_cache_work
 
