@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 import torch
 
 from tests.video_fixtures import pattern_frame, write_video  # PyAV before decord
+from tests.killed_runs import isolated_ray_env, wait_for_processes_gone
 from tests.teacher_checkpoints import save_random_teacher as save_teacher
 
 import ray
@@ -152,26 +152,6 @@ def workspace(tmp_path_factory, local_ray_small):
     yield dict(root=root, cfg=cfg, sha=sha, manifest=str(root / "manifest"), teacher=str(root / "teacher.pt"), planned=planned, gone=gone)
 
 
-def wait_for_processes_gone(marker: str, timeout_s: float = 60.0) -> None:
-    """Wait until no process has ``marker`` in its command line or environment (Linux /proc; Ray
-    workers retitle themselves, but inherit the driver's environment): the raylet and the workers
-    of a killed driver outlive it for a moment, and an actor may still commit the file it was
-    writing."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        alive = []
-        for process in Path("/proc").glob("[0-9]*"):
-            try:
-                if any(marker.encode() in (process / name).read_bytes() for name in ("cmdline", "environ")):
-                    alive.append(process.name)
-            except OSError:  # gone meanwhile, or not ours
-                pass
-        if not alive:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"processes of the killed run still alive after {timeout_s} s: {alive}")
-
-
 def cache_ids(cache_dir: str) -> list[str]:
     return [clip for path in list_cache_files(cache_dir) for clip in pq.read_table(path, columns=["clip_id"]).column("clip_id").to_pylist()]
 
@@ -230,8 +210,7 @@ def test_a_killed_run_resumes_to_every_clip_exactly_once(workspace):
     # Larger frames and one clip per file: the run writes its files one by one over a few seconds.
     overrides = BASE + ["preprocess.short_side=160", "preprocess.max_long_side=240", "cache.clips_per_file=1", "clips.key_frames_per_video=5", "ray.num_cpus=2"]
     command = [sys.executable, "-m", "jobs.cache", workspace["manifest"], "--teacher", workspace["teacher"], "-o", str(cache_dir), "-c", str(TINY), *overrides]
-    ray_tmp = tempfile.mkdtemp(prefix="sdffk", dir="/tmp")  # short (Ray's socket paths): every process of the run names it
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"OMP_NUM_THREADS": "1", "RAY_TMPDIR": ray_tmp}
+    env, ray_marker = isolated_ray_env()
     with open(root / "killed.log", "wb") as log:
         process = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -242,7 +221,7 @@ def test_a_killed_run_resumes_to_every_clip_exactly_once(workspace):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)  # the job's driver and the local Ray it started
             process.wait(timeout=60)
-    wait_for_processes_gone(ray_tmp)
+    wait_for_processes_gone(ray_marker)  # an actor of the killed run may still commit a file until then
     at_kill = cache_ids(str(cache_dir))
     assert process.returncode == -signal.SIGKILL, (root / "killed.log").read_text()[-3000:]
     cfg = load_config(TINY, overrides)
