@@ -264,15 +264,30 @@ def _glob(filesystem: pafs.FileSystem, pattern: str) -> list[str]:
                 if _glob_match(posixpath.relpath(path, directory).split("/"), rest)
             )
         entries = [
-            entry
+            (path, kind)
             for directory in directories
-            for entry in filesystem.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
-            if _component_match(posixpath.basename(entry.path), part)
+            for path, kind in _listing(filesystem, directory)
+            if _component_match(posixpath.basename(path), part)
         ]
         if level == len(parts) - 1:
-            return sorted(entry.path for entry in entries if entry.type == pafs.FileType.File)
-        directories = [entry.path for entry in entries if entry.type == pafs.FileType.Directory]
+            return sorted(path for path, kind in entries if kind == "file")
+        directories = [path for path, kind in entries if kind == "dir"]
     return []
+
+
+def _listing(filesystem: pafs.FileSystem, directory: str) -> list[tuple[str, str]]:
+    """(path, "file" | "dir") of the entries of one directory (not recursive; none if it does not
+    exist). Local entries follow :func:`_followed_kind`, as the recursive walk does: a broken link
+    is a "file" (a row later), a FIFO is left out."""
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        if not os.path.isdir(directory):
+            return []
+        with os.scandir(directory) as scan:
+            kinds = [(entry.path, _followed_kind(entry)) for entry in scan]
+        return [(path, kind) for path, kind in kinds if kind is not None]
+    types = {pafs.FileType.File: "file", pafs.FileType.Directory: "dir"}
+    entries = filesystem.get_file_info(pafs.FileSelector(directory, allow_not_found=True))
+    return [(entry.path, types[entry.type]) for entry in entries if entry.type in types]
 
 
 def _tree(filesystem: pafs.FileSystem, directory: str) -> list[str]:
