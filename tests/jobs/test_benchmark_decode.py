@@ -47,7 +47,8 @@ def test_the_benchmark_reports_the_plans_counts_for_every_method(tmp_path, local
             assert stats.frames_kept == sum(len({i for c in clips for i in c.frame_indices}) for clips in plans)  # clips may share frames
         plain = gop.plans["as planned"]
         names = [m.name for m in gop.methods]
-        assert names[:2] == ["ours", "ours, decord"] and names[-2:] == (["read_videos", "ffmpeg"] if has_ffmpeg else ["read_videos"])
+        tail = ["read_videos", "ffmpeg"] if has_ffmpeg else ["read_videos"]  # ffmpeg is optional: its baselines are skipped without it
+        assert names[:2] == ["ours", "ours, decord"] and names[-len(tail):] == tail
         assert ("ours, keys on keyframes" in names) == (gop.plans["on keyframes"] != plain)
         for method in gop.methods:
             assert len(method.runs_s) == 1 and method.seconds > 0 and method.clips > 0
