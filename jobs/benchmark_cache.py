@@ -21,21 +21,21 @@ config (speed and size do not depend on the weights), it measures:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+import typer
 
+from jobs.cli_common import OVERRIDES_ARGUMENT, echo_progress, resolve_config, run_module, write_json_result
 from semidff.benchmarks.machine import machine_description
 
 TINY_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"  # the default model of this benchmark
@@ -360,24 +360,24 @@ def format_report(bench: CacheBenchmark) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    from semidff.config import load_config
-
-    parser = argparse.ArgumentParser(prog="python -m jobs.benchmark_cache", description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*")
-    parser.add_argument("-c", "--config", default=str(TINY_CONFIG))
-    parser.add_argument("--videos", type=int, default=6)
-    parser.add_argument("--frames", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--output", "-o", default=None, help="also write the result as JSON here")
-    args = parser.parse_intermixed_args(argv)  # overrides may come after the options
-    cfg = load_config(args.config, args.overrides)
-    bench = run(cfg, num_videos=args.videos, num_frames=args.frames, repeats=args.repeats, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    print(format_report(bench))
-    if args.output:
-        Path(args.output).write_text(bench.to_json())
-    return 0
+# ---------------------------------------------------------------------------------------------
+# Command line (`semidff benchmark cache`, `python -m jobs.benchmark_cache`)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def benchmark_cache_command(
+    overrides: Optional[List[str]] = OVERRIDES_ARGUMENT,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: jobs/configs/tiny.yaml)"),
+    videos: int = typer.Option(6, min=1, help="synthetic videos"),
+    frames: int = typer.Option(100, min=10, help="frames per synthetic video"),
+    repeats: int = typer.Option(3, min=1, help="timed pipeline runs (each followed by a bare-loop run); medians are reported"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="also write the result as JSON here"),
+) -> None:
+    """Teacher cache: clips/s of the actor pool vs a bare torch loop, bytes per clip per precision, int8/fp16 loss change, 10M-clip sizing."""
+    cfg = resolve_config(config or TINY_CONFIG, overrides)
+    result = run(cfg, num_videos=videos, num_frames=frames, repeats=repeats, progress=echo_progress)
+    typer.echo(format_report(result))
+    write_json_result(output, result.to_json())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run_module(benchmark_cache_command)

@@ -1,8 +1,8 @@
 """``semidff benchmark decode``: the clip stage's decoding against ``ray.data.read_videos``, the ffmpeg
 CLI and the decoding the codec forces; and its peak memory on a small and a large corpus.
 
-    python -m jobs.benchmark_decode --videos 8 --seconds 60 --repeats 3          # [-c cfg.yaml key=value ...]
-    semidff benchmark decode --videos 8 --seconds 60 --repeats 3 -o decode.json  # the same function
+    semidff benchmark decode --videos 8 --seconds 60 --repeats 3 -o decode.json  # [-c cfg.yaml key=value ...]
+    python -m jobs.benchmark_decode --videos 8 --seconds 60 --repeats 3          # the same command
 
 What one run does (all on one local Ray of ``num_cpus`` CPUs, started once):
 
@@ -46,23 +46,23 @@ like the ffmpeg processes.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import shutil
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
+import typer
 
-from semidff.config import Config, ConfigError, load_config
+from jobs.cli_common import CONFIG_OPTION, OVERRIDES_ARGUMENT, command_line, echo_progress, exit_on, resolve_config, run_module, write_json_result
+from semidff.config import Config
 
 Progress = Callable[[str], None]
 DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "semidff" / "benchmark_decode"
@@ -716,45 +716,6 @@ def load_result(path: str | Path) -> DecodeBenchmarkResult:
     return DecodeBenchmarkResult(**data, gops=gops, memory=memory)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m jobs.benchmark_decode", description=__doc__.split("\n\n")[0])
-    parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides (clips.*, preprocess.*, ray.*)")
-    parser.add_argument("-c", "--config", help="YAML config (default: the embedded defaults)")
-    parser.add_argument("--videos", type=int, default=8, help="files per GOP setting")
-    parser.add_argument("--seconds", type=float, default=60.0, help="length of each file")
-    parser.add_argument("--gops", default="250,30", help="comma-separated keyframe intervals")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds; medians are reported")
-    parser.add_argument("--memory-videos", default="10,200", help="comma-separated corpus sizes for the memory measure ('' to skip)")
-    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), help="where the generated videos are kept")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: ray.num_cpus, else all)")
-    parser.add_argument("-o", "--output", help="also write the result as JSON here")
-    parser.add_argument("--report", metavar="JSON", help="only print the report of a result written earlier with -o")
-    args = parser.parse_args(argv)
-    if args.report:
-        print(format_report(load_result(args.report)))
-        return
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    result = run(
-        cfg,
-        videos=args.videos,
-        seconds=args.seconds,
-        gops=parse_ints(args.gops),
-        repeats=args.repeats,
-        memory_counts=parse_ints(args.memory_videos),
-        cache_dir=Path(args.cache_dir),
-        num_cpus=args.num_cpus,
-        progress=lambda line: print(line, file=sys.stderr, flush=True),
-        command="python -m jobs.benchmark_decode " + " ".join(argv if argv is not None else sys.argv[1:]),
-    )
-    print(format_report(result))
-    if args.output:
-        Path(args.output).write_text(result.to_json())
-
-
 def parse_ints(text: str) -> list[int]:
     """'250,30' -> [250, 30]; '' -> []."""
     try:
@@ -763,5 +724,40 @@ def parse_ints(text: str) -> list[int]:
         raise ValueError(f"{text!r}: expected comma-separated integers, e.g. 250,30") from None
 
 
-if __name__ == "__main__":
-    main()
+
+# ---------------------------------------------------------------------------------------------
+# Command line (`semidff benchmark decode`, `python -m jobs.benchmark_decode`)
+
+
+def benchmark_decode_command(
+    ctx: typer.Context,
+    overrides: Optional[List[str]] = OVERRIDES_ARGUMENT,
+    config: Optional[Path] = CONFIG_OPTION,
+    videos: int = typer.Option(8, min=1, help="generated 1280x720 H.264 files per keyframe interval"),
+    seconds: float = typer.Option(60.0, min=1.0, help="length of each file, in seconds (30 fps)"),
+    gops: str = typer.Option("250,30", help="comma-separated keyframe intervals of the files"),
+    repeats: int = typer.Option(3, min=1, help="timed rounds; medians are reported"),
+    memory_videos: str = typer.Option("10,200", help="comma-separated corpus sizes for the peak-memory measure ('' to skip)"),
+    cache_dir: Optional[Path] = typer.Option(None, help="where the generated videos are kept (default: ~/.cache/semidff/benchmark_decode)"),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="CPUs of the local Ray (default: ray.num_cpus, else all)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="also write the result as JSON here"),
+    report: Optional[Path] = typer.Option(None, "--report", metavar="JSON", help="only print the report of a result written earlier with -o"),
+) -> None:
+    """Clips/s and decoded frames/s of the clip stage vs ray.data.read_videos, the ffmpeg CLI and the
+    decoding the codec forces (GOP 250 and 30), and peak memory on a small vs a large corpus."""
+    if report is not None:
+        typer.echo(format_report(load_result(report)))
+        return
+    cfg = resolve_config(config, overrides)
+    with exit_on(ValueError):
+        gop_list, memory_list = parse_ints(gops), parse_ints(memory_videos)
+    result = run(
+        cfg, videos=videos, seconds=seconds, gops=gop_list, repeats=repeats, memory_counts=memory_list,
+        cache_dir=cache_dir, num_cpus=num_cpus, progress=echo_progress, command=command_line(ctx),
+    )
+    typer.echo(format_report(result))
+    write_json_result(output, result.to_json())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run_module(benchmark_decode_command)

@@ -17,18 +17,19 @@ folders are replaced on every run (a benchmark must not resume an earlier traini
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
-from semidff.config import Config, ConfigError, load_config
+import typer
+
+from jobs.cli_common import OVERRIDES_ARGUMENT, echo_progress, exit_on, resolve_config, run_module
+from semidff.config import Config, ConfigError
 
 TINY_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 KEY_INTERVAL = 10
@@ -143,26 +144,27 @@ def format_report(report: TeacherBenchmarkReport) -> str:
     ])
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m jobs.benchmark_teacher [-c cfg.yaml] -o OUT key=value ...``"""
-    parser = argparse.ArgumentParser(prog="python -m jobs.benchmark_teacher", description=__doc__.split("\n")[0])
-    parser.add_argument("-c", "--config", default=str(TINY_CONFIG), help="YAML config (default: jobs/configs/tiny.yaml)")
-    parser.add_argument("-o", "--output", default="runs/benchmark_teacher", help="work folder")
-    parser.add_argument("--train-videos", type=int, default=12)
-    parser.add_argument("--val-videos", type=int, default=4)
-    parser.add_argument("--frames", type=int, default=60)
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    report = run(cfg, args.output, args.train_videos, args.val_videos, args.frames,
-                 progress=lambda line: print(line, file=sys.stderr, flush=True))
-    print(format_report(report))
-    return 0
+# ---------------------------------------------------------------------------------------------
+# Command line (`semidff benchmark teacher`, `python -m jobs.benchmark_teacher`)
+
+
+def benchmark_teacher_command(
+    overrides: Optional[List[str]] = OVERRIDES_ARGUMENT,
+    output: Path = typer.Option(Path("runs/benchmark_teacher"), "--output", "-o", help="work folder: synthetic data, teacher/, evaluation/, report.json"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: jobs/configs/tiny.yaml)"),
+    train_videos: int = typer.Option(12, min=1, help="synthetic training videos"),
+    val_videos: int = typer.Option(4, min=1, help="synthetic validation videos (another seed)"),
+    frames: int = typer.Option(60, min=12, help="frames per synthetic video"),
+) -> None:
+    """Train the tiny teacher on the synthetic set on this machine, then its val mAP in frame and copy mode at ΔT=10."""
+    from jobs.train_teacher import TeacherTrainingError
+    from semidff.data.labeled import LabeledDataError
+
+    cfg = resolve_config(config or TINY_CONFIG, overrides)
+    with exit_on(TeacherTrainingError, code=1), exit_on(ConfigError, LabeledDataError):
+        report = run(cfg, output, train_videos=train_videos, val_videos=val_videos, num_frames=frames, progress=echo_progress)
+    typer.echo(format_report(report))
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run_module(benchmark_teacher_command)

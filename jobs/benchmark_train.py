@@ -30,18 +30,19 @@ A ratio near 1 and a small wait mean the data path keeps up with the model.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
-from semidff.config import Config, ConfigError, load_config
+import typer
+
+from jobs.cli_common import OVERRIDES_ARGUMENT, echo_progress, resolve_config, run_module
+from semidff.config import Config
 from semidff.benchmarks.machine import machine_description
 
 TINY_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
@@ -115,12 +116,12 @@ def bare_loop(cfg: Config, cache_dir: str, teacher_checkpoint: str, repeats: int
     """(median per-step pairs/s, pairs/s per pass, pairs, image size) of the single-process loop."""
     import torch
 
-    from jobs.train_flow import check_inputs
+    from semidff.training.flow_inputs import check_inputs
     from pipelines.cache_dataset import pair_dataset
     from semidff.checkpoint import build_teacher
     from semidff.training.flow_batch import pair_batches_from_cache
     from semidff.training.flow_step import FlowObjective, build_optimizer, train_step
-    from semidff.training.student import build_student
+    from semidff.training.flow_step import build_student
 
     teacher, _, source = check_inputs(cfg, cache_dir, teacher_checkpoint, None)
     offsets = source.offsets["regression"]
@@ -249,29 +250,30 @@ def format_report(report: TrainBenchmarkReport) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m jobs.benchmark_train -o OUT [-c cfg] [--workers 1,2] key=value ...``"""
-    parser = argparse.ArgumentParser(prog="python -m jobs.benchmark_train", description=__doc__.split("\n")[0])
-    parser.add_argument("-c", "--config", default=str(TINY_CONFIG), help="YAML config (default: jobs/configs/tiny.yaml)")
-    parser.add_argument("-o", "--output", default="runs/benchmark_train", help="work folder (data and cache are reused)")
-    parser.add_argument("--workers", default="1,2", help="comma-separated Ray Train worker counts")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of each Ray Train run")
-    parser.add_argument("--repeats", type=int, default=3, help="passes of the bare loop")
-    parser.add_argument("--videos", type=int, default=4, help="synthetic videos")
-    parser.add_argument("--frames", type=int, default=60, help="frames per synthetic video")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    args = parser.parse_args(argv)
+# ---------------------------------------------------------------------------------------------
+# Command line (`semidff benchmark train`, `python -m jobs.benchmark_train`)
+
+
+def benchmark_train_command(
+    overrides: Optional[List[str]] = OVERRIDES_ARGUMENT,
+    output: Path = typer.Option(Path("runs/benchmark_train"), "--output", "-o", help="work folder: data, cache, Ray Train runs, report.json (data and cache reused)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: jobs/configs/tiny.yaml)"),
+    workers: str = typer.Option("1,2", "--workers", help="comma-separated Ray Train worker counts"),
+    epochs: int = typer.Option(3, min=1, help="epochs of each Ray Train run"),
+    repeats: int = typer.Option(3, min=1, help="passes of the bare torch loop"),
+    videos: int = typer.Option(4, min=1, help="synthetic videos"),
+    frames: int = typer.Option(60, min=12, help="frames per synthetic video"),
+) -> None:
+    """Flow training pairs/s per worker: the Ray Train loop against a bare torch loop over the same cache."""
+    cfg = resolve_config(config or TINY_CONFIG, PLAN_OVERRIDES + list(overrides or []))
     try:
-        cfg = load_config(args.config, PLAN_OVERRIDES + args.overrides)
-        workers = tuple(int(w) for w in args.workers.split(","))
-        report = run(cfg, args.output, workers, args.epochs, args.repeats, args.videos, args.frames,
-                     progress=lambda line: print(line, file=sys.stderr, flush=True))
-    except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_report(report))
-    return 0
+        counts = tuple(int(count) for count in workers.split(","))
+    except ValueError:
+        typer.echo(f"error: --workers {workers!r}: expected comma-separated integers, e.g. 1,2", err=True)
+        raise typer.Exit(2) from None
+    report = run(cfg, output, counts, epochs, repeats, videos, frames, progress=echo_progress)
+    typer.echo(format_report(report))
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run_module(benchmark_train_command)

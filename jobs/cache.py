@@ -1,9 +1,9 @@
 """Stage 3 entry point: compute the frozen teacher's outputs on every planned clip, once, into a cache.
 
-    python -m jobs.cache runs/manifest --teacher teacher.pt -o runs/cache -c jobs/configs/tiny.yaml cache.feature_precision=int8
-    python -m jobs.cache inspect runs/cache
-    semidff cache runs/manifest --teacher teacher.pt -o runs/cache       # the same function
+    semidff cache runs/manifest --teacher teacher.pt -o runs/cache -c jobs/configs/tiny.yaml cache.feature_precision=int8
     semidff cache inspect runs/cache
+    python -m jobs.cache runs/manifest --teacher teacher.pt -o runs/cache     # the same commands
+    python -m jobs.cache inspect runs/cache
 
 ``run`` starts (or joins) Ray, logs an MLflow run "cache" (the config, the manifest and the teacher
 checkpoint as inputs by digest, the counts as metrics, cache_info.json as an artifact) and marks
@@ -11,23 +11,24 @@ the cache folder with it. Rerunning on the same output skips the clips already w
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import pyarrow.fs as pafs
+import typer
 
+from jobs.cli_common import CONFIG_OPTION, OVERRIDES_ARGUMENT, DefaultCommandGroup, echo_progress, exit_on, group_app, resolve_config, run_module
 from pipelines.ray_session import ray_session
 from pipelines.teacher_cache import CacheSummary, build_teacher_cache
 from semidff.cache.files import inspect_cache
 from semidff.cache.info import INFO_FILE, CacheError, cache_location, read_cache_info
 from semidff.checkpoint import ModelCheckpointError, file_sha256
-from semidff.config import Config, ConfigError, load_config
+from semidff.config import Config
 from semidff.tracking import log_input_dataset, producing_run, record_output, stage_run, tracking_uri_for
 
-__all__ = ["CacheSummary", "run", "main"]
+__all__ = ["CacheSummary", "run", "inspect", "cache_build_command", "cache_inspect_command"]
 
 
 def run(cfg: Config, manifest_dir: str, teacher_checkpoint: str, output_dir: str, progress: Optional[Callable[[str], None]] = None) -> CacheSummary:
@@ -74,7 +75,7 @@ def run(cfg: Config, manifest_dir: str, teacher_checkpoint: str, output_dir: str
 
 def _manifest_digest(manifest_dir: str) -> str:
     """SHA-256 of the manifest file (what identifies the stage's input)."""
-    from pipelines.manifest import MANIFEST_FILE
+    from semidff.rows import MANIFEST_FILE
 
     filesystem, base = cache_location(manifest_dir)
     path = f"{base}/{MANIFEST_FILE}"
@@ -108,30 +109,30 @@ def inspect(cache_dir: str, as_json: bool = False) -> int:
     return 0 if report.healthy else 1
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["inspect"]:
-        parser = argparse.ArgumentParser(prog="python -m jobs.cache inspect", description="Counts, bytes per clip, metadata and failures of a teacher cache.")
-        parser.add_argument("cache_dir")
-        parser.add_argument("--json", action="store_true", help="print the report as JSON")
-        args = parser.parse_args(argv[1:])
-        return inspect(args.cache_dir, args.json)
-    parser = argparse.ArgumentParser(prog="python -m jobs.cache", description=__doc__.splitlines()[0])
-    parser.add_argument("manifest_dir", help="output folder of the manifest stage")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
-    parser.add_argument("--teacher", required=True, help="teacher checkpoint (.pt, kind 'teacher')")
-    parser.add_argument("-o", "--output", required=True, help="cache directory (created; a rerun resumes it)")
-    parser.add_argument("-c", "--config", default=None, help="YAML config (default: embedded defaults)")
-    args = parser.parse_intermixed_args(argv)  # overrides may come after the options
-    try:
-        cfg = load_config(args.config, args.overrides)
-        summary = run(cfg, args.manifest_dir, args.teacher, args.output)
-    except (ConfigError, CacheError, ModelCheckpointError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(summary.format())
-    return 0
+# ---------------------------------------------------------------------------------------------
+# Command line (`semidff cache [build] ...`, `semidff cache inspect ...`, `python -m jobs.cache ...`)
+
+def cache_build_command(
+    manifest_dir: str = typer.Argument(..., help="the manifest stage's output folder (semidff manifest)"),
+    overrides: Optional[List[str]] = OVERRIDES_ARGUMENT,
+    teacher: Path = typer.Option(..., "--teacher", help="teacher checkpoint (semidff train-teacher writes teacher.pt)"),
+    output: str = typer.Option(..., "--output", "-o", help="cache folder or URI; a rerun skips the clips already written"),
+    config: Optional[Path] = CONFIG_OPTION,
+) -> None:
+    """Run the frozen teacher on every planned clip (cache.*, clips.*, preprocess.* keys) into Parquet; resumable, exactly once per clip."""
+    cfg = resolve_config(config, overrides)
+    with exit_on(CacheError, ModelCheckpointError, ValueError):
+        summary = run(cfg, manifest_dir, str(teacher), output, progress=echo_progress)
+    typer.echo(summary.format())
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def cache_inspect_command(
+    cache_dir: str = typer.Argument(..., help="a teacher cache folder or URI"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Counts (clips, pairs, videos, failures by reason), bytes per clip per column, metadata; exit 1 if a file is corrupt."""
+    raise typer.Exit(inspect(cache_dir, as_json))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run_module(group_app({"build": cache_build_command, "inspect": cache_inspect_command}, cls=DefaultCommandGroup, help=__doc__.split("\n")[0]))

@@ -30,18 +30,20 @@ part files).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
-from semidff.config import Config, ConfigError, load_config
+import typer
+
+from jobs.cli_common import OVERRIDES_ARGUMENT, echo_progress, exit_on, resolve_config, run_module
+from semidff.atomic import write_text_atomically
+from semidff.config import Config
 from semidff.benchmarks.machine import machine_description
 
 Progress = Callable[[str], None]
@@ -301,27 +303,29 @@ def _read_json(path: Path) -> Optional[dict]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomically(path, json.dumps(data, indent=2, default=str))
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m jobs.demo [-c cfg.yaml] [-o OUT] key=value ...``"""
-    parser = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__.split("\n")[0])
-    parser.add_argument("-c", "--config", default=str(TINY_CONFIG), help="YAML config (default: jobs/configs/tiny.yaml)")
-    parser.add_argument("-o", "--output", default=DEFAULT_OUTPUT, help=f"work folder (default: {DEFAULT_OUTPUT}); a rerun reuses it")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. demo.unlabeled_videos=32")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, DEMO_OVERRIDES + args.overrides)
-        result = run(cfg, args.output)
-    except (ConfigError, DemoError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_result(result))
-    return 0
+# ---------------------------------------------------------------------------------------------
+# Command line (`semidff demo`, `python -m jobs.demo`)
+
+
+def demo_command(
+    overrides: Optional[List[str]] = OVERRIDES_ARGUMENT,
+    output: Path = typer.Option(Path(DEFAULT_OUTPUT), "--output", "-o", help="work folder; a rerun reuses every step it finished with the same settings"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: jobs/configs/tiny.yaml, the CPU model)"),
+) -> None:
+    """The whole system on this machine: synthetic videos → teacher → manifest → cache → flow training
+    (regression, semantic, two-step) → evaluation of frame/copy/flow at ΔT 1, 5, 10, 20 → report.
+
+    Local Ray, MLflow SQLite store in the output folder, no download, no GPU; about 8 minutes on 2 idle CPU cores.
+    Sizes: demo.* keys (e.g. demo.unlabeled_videos=32); training.* and evaluation.key_intervals apply too.
+    """
+    cfg = resolve_config(config or TINY_CONFIG, DEMO_OVERRIDES + list(overrides or []))
+    with exit_on(DemoError):
+        result = run(cfg, output, progress=echo_progress)
+    typer.echo(format_result(result))
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run_module(demo_command)

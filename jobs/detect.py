@@ -1,8 +1,8 @@
 """Detect objects in one video with a trained teacher (+ flow network) and write an annotated copy.
 
-    python -m jobs.detect VIDEO --teacher out/teacher/teacher.pt --flow out/flow/flow.pt \\
-        --out annotated.mp4 --key-interval 10
-    semidff detect VIDEO --teacher ... --flow ... --out annotated.mp4      # the same function
+    semidff detect VIDEO --teacher out/teacher/teacher.pt --flow out/flow/flow.pt \\
+        -o annotated.mp4 --key-interval 10
+    python -m jobs.detect VIDEO --teacher ... --flow ... -o annotated.mp4   # the same command
 
 Every frame gets its boxes, class names and scores; key frames (the teacher ran) and propagated
 frames (feature flow, or copied detections) are marked, with the measured frames/s of the
@@ -12,14 +12,16 @@ reported separately in the summary.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import typer
+
+from jobs.cli_common import echo_progress, exit_on, run_module
 from semidff.inference import annotated_frames, load_detector
-from semidff.models.video_detector import MODES, VideoTiming
+from semidff.models.video_detector import VideoTiming
 
 OUTPUT_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov")  # containers that take the H.264 the annotated video is encoded in
 
@@ -67,7 +69,7 @@ def run(
 
     say = progress or (lambda line: None)
     if Path(output).suffix.lower() not in OUTPUT_SUFFIXES:
-        raise ValueError(f"--out {output}: the annotated video is H.264, which needs a {', '.join(OUTPUT_SUFFIXES)} file name")
+        raise ValueError(f"-o {output}: the annotated video is H.264, which needs a {', '.join(OUTPUT_SUFFIXES)} file name")
     loaded = load_detector(teacher_checkpoint, flow_checkpoint, mode, key_interval, device)
     info = probe_video(video)
     if not info.ok:
@@ -101,19 +103,43 @@ def run(
     return summary
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m jobs.detect", description=__doc__.split("\n\n")[0])
-    parser.add_argument("video")
-    parser.add_argument("--teacher", required=True)
-    parser.add_argument("--flow")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--mode", choices=MODES)
-    parser.add_argument("--key-interval", type=int, default=10)
-    parser.add_argument("--score-threshold", type=float, default=0.5)
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    run(args.video, args.teacher, args.out, args.flow, args.mode, args.key_interval, args.score_threshold, args.device, progress=print)
+# ---------------------------------------------------------------------------------------------
+# Command line (`semidff detect`, `python -m jobs.detect`)
 
 
-if __name__ == "__main__":
-    main()
+def _output_or_out(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
+    """-o/--output is required; --out (its former name, hidden) stands in for it."""
+    if value is None and ctx.params.get("out") is None and not ctx.resilient_parsing:
+        raise typer.BadParameter("missing: the annotated video to write, e.g. -o annotated.mp4")
+    return value
+
+
+def detect_command(
+    video: str = typer.Argument(..., help="a video file (any container decord reads: mp4, mkv, webm, avi, ...)"),
+    teacher: Path = typer.Option(..., "--teacher", help="teacher checkpoint (semidff train-teacher writes teacher.pt)"),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", callback=_output_or_out, show_default=False,
+        help="annotated video to write (.mp4, .mkv, .avi or .mov; encoded as H.264); required",
+    ),
+    flow: Optional[Path] = typer.Option(None, "--flow", help="flow checkpoint (semidff train writes flow.pt); needed for mode flow"),
+    mode: Optional[str] = typer.Option(None, "--mode", help="frame | copy | flow (default: flow with --flow, else frame)"),
+    key_interval: int = typer.Option(10, "--key-interval", min=1, help="ΔT: the teacher runs on every ΔT-th frame"),
+    score_threshold: float = typer.Option(0.5, "--score-threshold", min=0.0, max=1.0, help="draw detections scoring at least this"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    out: Optional[Path] = typer.Option(None, "--out", hidden=True, help="the former name of -o/--output"),
+) -> None:
+    """Detect objects in VIDEO and write it with boxes, class names, scores, key/propagated frames marked and frames/s."""
+    from semidff.checkpoint import ModelCheckpointError
+    from semidff.config import ConfigError
+    from semidff.video.decode import VideoOpenError
+
+    with exit_on(ModelCheckpointError, ConfigError, VideoOpenError, ValueError, RuntimeError):
+        summary = run(
+            video, str(teacher), str(output or out), str(flow) if flow else None, mode, key_interval, score_threshold, device,
+            progress=echo_progress,
+        )
+    typer.echo(summary.format())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run_module(detect_command)

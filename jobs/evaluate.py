@@ -3,7 +3,7 @@ ImageNet VID mAP@0.5, per-class AP, motion-bucket mAPs and frames/s for every mo
 
     python -m jobs.evaluate -c jobs/configs/tiny.yaml --teacher out/teacher/teacher.pt --flow out/flow/flow.pt \\
         -o out/eval evaluation.data.path=data/synthetic/dataset.json --modes frame,copy,flow --key-intervals 1,5,10
-    semidff evaluate --teacher ... --flow ... -o out/eval -c ...            # the same function
+    semidff evaluate --teacher ... --flow ... -o out/eval -c ...            # the same command
 
 The config must describe the checkpoints' models (pass the config they were trained with): a
 checkpoint whose ``model`` section differs is refused with the differing keys. The dataset is
@@ -13,14 +13,15 @@ it to one MLflow run (stage ``evaluate``) with the dataset and both checkpoints 
 """
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
+import typer
+
+from jobs.cli_common import CONFIG_OPTION, OVERRIDES_ARGUMENT, echo_progress, exit_on, resolve_config, run_module
 from semidff.checkpoint import PROPAGATOR_KEYS, ModelCheckpoint, ModelCheckpointError, check_same_model, load_model_checkpoint
-from semidff.config import Config, ConfigError, load_config
+from semidff.config import Config, ConfigError
 from semidff.data.labeled import LabeledDataError, annotations_digest, dataset_digest, load_labeled_dataset
 from semidff.data.records import LabeledDataset
 from semidff.evaluation.report import EvaluationReport, format_report, metrics_for, write_outputs
@@ -195,26 +196,29 @@ def parse_key_intervals(text: Optional[str]) -> Optional[list[int]]:
     return None if text is None else _comma_list(text, int, "--key-intervals")
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
-    parser.add_argument("-c", "--config", help="YAML config (the one the checkpoints were trained with)")
-    parser.add_argument("--teacher", required=True, help="teacher checkpoint (semidff train-teacher)")
-    parser.add_argument("--flow", help="flow checkpoint (semidff train); needed for flow mode")
-    parser.add_argument("-o", "--output", required=True, help="output folder")
-    parser.add_argument("--modes", help="comma-separated modes (default: evaluation.modes)")
-    parser.add_argument("--key-intervals", help="comma-separated key intervals (default: evaluation.key_intervals)")
-    parser.add_argument("--max-videos", type=int, help="only the first N videos")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        report = run(cfg, args.teacher, args.flow, args.output, parse_modes(args.modes),
-                     parse_key_intervals(args.key_intervals), args.max_videos, progress=print)
-    except (EvaluationError, LabeledDataError, ModelCheckpointError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    print(report.table)
+# ---------------------------------------------------------------------------------------------
+# Command line (`semidff evaluate`, `python -m jobs.evaluate`)
 
 
-if __name__ == "__main__":
-    main()
+def evaluate_command(
+    overrides: Optional[List[str]] = OVERRIDES_ARGUMENT,
+    teacher: Path = typer.Option(..., "--teacher", help="teacher checkpoint (semidff train-teacher): runs frame and copy mode"),
+    flow: Optional[Path] = typer.Option(None, "--flow", help="flow checkpoint (semidff train): its student R-FCN and flow net run flow mode"),
+    output: Path = typer.Option(..., "--output", "-o", help="output folder: evaluation.md, results.json, evaluation.png, predictions/, config.yaml"),
+    config: Optional[Path] = CONFIG_OPTION,
+    modes: Optional[str] = typer.Option(None, "--modes", help="comma-separated modes, e.g. frame,copy,flow (default: evaluation.modes)"),
+    key_intervals: Optional[str] = typer.Option(None, "--key-intervals", help="comma-separated ΔTs, e.g. 1,5,10 (default: evaluation.key_intervals)"),
+    max_videos: Optional[int] = typer.Option(None, "--max-videos", min=1, help="evaluate only the dataset's first N videos"),
+) -> None:
+    """ImageNet VID mAP@0.5 (per class, per motion bucket) and frames/s of every mode and key interval on evaluation.data."""
+    cfg = resolve_config(config, overrides)
+    with exit_on(EvaluationError, LabeledDataError, ModelCheckpointError, ConfigError):
+        report = run(
+            cfg, str(teacher), str(flow) if flow else None, str(output), parse_modes(modes), parse_key_intervals(key_intervals),
+            max_videos, progress=echo_progress,
+        )
+    typer.echo(report.table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run_module(evaluate_command)

@@ -7,7 +7,7 @@
 What travels: the working directory (default: the current one), zipped by Ray without
 :data:`DEFAULT_EXCLUDES` nor what its ``.gitignore``/``.rayignore`` files name, uploaded to the
 head node and unpacked as the job's current directory, first on ``PYTHONPATH``. The entry point
-is ``python -m semidff.cli <stage> <args>``, so the job runs the code submitted, not whatever
+is ``python -m jobs.cli <stage> <args>``, so the job runs the code submitted, not whatever
 semidff version the cluster's image holds. The stage's arguments are parsed and its config
 (``-c`` plus ``key=value`` overrides) validated here, before any cluster time is spent. A ``-c``
 file outside the working directory (or under an excluded folder) is copied into
@@ -44,7 +44,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import typer
 import yaml
+
+from jobs.cli_common import exit_on
 
 DEFAULT_JOB_SERVER_PORT = 8265
 PROBE_TIMEOUT_S = 3.0
@@ -263,26 +266,24 @@ class StageCommand:
     """The job's entry point for one semidff stage, and the local config file it needs uploaded."""
 
     stage: str  # e.g. "manifest", "benchmark detect"
-    argv: list[str]  # arguments after ``python -m semidff.cli``, the config path already relative to the job
+    argv: list[str]  # arguments after ``python -m jobs.cli``, the config path already relative to the job
     config_file: Optional[Path] = None  # the local -c file, if any
     staged_config: Optional[str] = None  # its path inside the upload when it has to be copied there
     warnings: list[str] = field(default_factory=list)
 
     @property
     def entrypoint(self) -> str:
-        return shlex.join(["python", "-m", "semidff.cli", *self.argv])
+        return shlex.join(["python", "-m", "jobs.cli", *self.argv])
 
 
-def parse_stage_command(stage_args: Sequence[str], working_dir: Path, submission_id: str) -> StageCommand:
-    """Check ``stage_args`` against the semidff CLI (stage name, options, config and overrides)
-    and point a ``-c`` file at where the job will find it. Raises SubmitError."""
-    import typer
-
-    from semidff.cli import app
+def parse_stage_command(stage_args: Sequence[str], working_dir: Path, submission_id: str, cli: Any) -> StageCommand:
+    """Check ``stage_args`` against ``cli``, the semidff command line as a click command (stage name,
+    options, config and overrides; ``semidff submit`` passes the app it runs in), and point a ``-c``
+    file at where the job will find it. Raises SubmitError."""
     from semidff.config import ConfigError, load_config
 
     words = list(stage_args)
-    root = typer.main.get_command(app)
+    root = cli
     choices = ", ".join(name for name in sorted(root.commands) if name not in NOT_SUBMITTABLE)
     if not words or words[0].startswith("-"):
         raise SubmitError(f"name the stage to run after --: one of {choices}")
@@ -423,7 +424,7 @@ def check_working_dir(working_dir: Path) -> Path:
     working_dir = Path(working_dir)
     if not working_dir.is_dir():
         raise SubmitError(f"--working-dir {working_dir}: not a directory")
-    missing = [name for name in ("semidff/cli.py", "pipelines/__init__.py", "jobs/__init__.py") if not (working_dir / name).is_file()]
+    missing = [name for name in ("semidff/__init__.py", "pipelines/__init__.py", "jobs/cli.py") if not (working_dir / name).is_file()]
     if missing:
         raise SubmitError(
             f"--working-dir {working_dir.resolve()} lacks {', '.join(missing)}: the job runs the code uploaded from there, "
@@ -581,3 +582,123 @@ def stop_job(client, job_id: str, wait_s: float = 60.0) -> str:
         return status
     _job_call(client, job_id, client.stop_job)
     return wait_until_finished(client, job_id, timeout_s=wait_s, poll_s=0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line (`semidff submit`, `semidff job status|logs|stop|list`)
+#
+# No `python -m jobs.submit`: a stage is checked against the whole `semidff` app before it is
+# submitted, and that app (jobs/cli.py) is what runs this module's commands.
+
+SUBMIT_EXAMPLE = "semidff submit --address http://127.0.0.1:8265 -- manifest /shared/videos -o /shared/runs/manifest"
+ADDRESS_OPTION = typer.Option(
+    None, "--address", "-a", help="the cluster's Ray dashboard (job server), http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS)"
+)
+JOB_ID_ARGUMENT = typer.Argument(..., help="the submission id `semidff submit` printed")
+
+
+def _warn(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+def submit_command(
+    ctx: typer.Context,
+    stage_args: Optional[list[str]] = typer.Argument(None, help="the stage and its arguments (-c, key=value overrides, ...), after --"),
+    address: Optional[str] = ADDRESS_OPTION,
+    working_dir: Path = typer.Option(Path("."), "--working-dir", "-w", help="folder uploaded as the job's working directory (must hold semidff/, pipelines/, jobs/)"),
+    gpus: Optional[float] = typer.Option(None, "--gpus", min=0.0, help="GPUs reserved for the entry-point process (stages that compute in the driver: evaluate, detect, benchmark)"),
+    cpus: Optional[float] = typer.Option(None, "--cpus", min=0.0, help="CPUs reserved for the entry-point process (default: 1 with --gpus, else none)"),
+    env: Optional[list[str]] = typer.Option(None, "--env", "-e", help="KEY=VALUE environment variable for the job (repeatable), e.g. MLFLOW_TRACKING_URI=http://mlflow:5000"),
+    runtime_env: Optional[Path] = typer.Option(None, "--runtime-env", help="YAML runtime env merged into the job's (env_vars, excludes, pip; see cluster/runtime_env.yaml)"),
+    submission_id: Optional[str] = typer.Option(None, "--submission-id", help="job id to use (default: semidff-<stage>-<UTC time>-<4 hex>)"),
+    no_wait: bool = typer.Option(False, "--no-wait", help="print the job id and return instead of streaming the logs"),
+) -> None:
+    """Run a semidff stage as a Ray job on a cluster: upload the working dir, stream the logs, exit 0 if it SUCCEEDED, 1 if it FAILED or was STOPPED.
+
+    Put the stage and its arguments after --, e.g. semidff submit --address http://127.0.0.1:8265 -- manifest /shared/videos -o /shared/runs/manifest
+    """
+    use_token_auth_if_available()  # before anything imports Ray (it reads RAY_AUTH_MODE once)
+    if not stage_args:
+        typer.echo(f"error: no stage to run. Put the stage and its arguments after --, e.g. {SUBMIT_EXAMPLE}", err=True)
+        raise typer.Exit(2)
+    with exit_on(SubmitError):
+        job_id = submission_id or default_submission_id(stage_args[0])
+        check_working_dir(working_dir)
+        command = parse_stage_command(stage_args, working_dir, job_id, cli=ctx.find_root().command)
+        job_env = load_runtime_env(runtime_env, env or [])
+        for line in command.warnings:
+            _warn(line)
+        client = connect(address, warn=_warn)
+        _warn(f"submitting {command.entrypoint!r} with working dir {working_dir.resolve()} to {client.get_address()}")
+        job_id = submit_stage(client, command, working_dir, job_id, num_gpus=gpus, num_cpus=cpus, runtime_env=job_env)
+    if no_wait:
+        typer.echo(job_id)
+        _warn(f"submitted {job_id}: `semidff job logs {job_id} --follow`, `semidff job status {job_id}`, `semidff job stop {job_id}`")
+        return
+    _warn(f"submitted {job_id}; streaming its logs (Ctrl-C stops following, not the job)")
+    raise typer.Exit(_follow(client, job_id))
+
+
+def _follow(client, job_id: str) -> int:
+    """Stream a job's logs until it finishes; its exit code (Ctrl-C detaches with 130)."""
+    try:
+        status = follow_job(client, job_id, write=lambda text: typer.echo(text, nl=False), warn=_warn)
+    except KeyboardInterrupt:
+        typer.echo(f"\nstopped following {job_id}; it keeps running (`semidff job stop {job_id}` stops it)", err=True)
+        return 130
+    except SubmitError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    typer.echo(f"job {job_id} {status}", err=True)
+    return exit_code_for(status)
+
+
+def _job_client(address: Optional[str]):
+    """The job server's client for the job commands, or exit 2 with the reason."""
+    use_token_auth_if_available()
+    with exit_on(SubmitError):
+        return connect(address, warn=_warn)
+
+
+def _job_command(address: Optional[str], action: Callable[[Any], str]) -> None:
+    client = _job_client(address)
+    with exit_on(SubmitError):
+        output = action(client)
+    if output:
+        typer.echo(output)
+
+
+def job_status_command(job_id: str = JOB_ID_ARGUMENT, address: Optional[str] = ADDRESS_OPTION) -> None:
+    """Status, message, stage, entry point, times and exit code of a job."""
+    _job_command(address, lambda client: describe_job(client, job_id))
+
+
+def job_logs_command(
+    job_id: str = JOB_ID_ARGUMENT,
+    address: Optional[str] = ADDRESS_OPTION,
+    follow: bool = typer.Option(False, "--follow", "-f", help="stream until the job finishes, then exit with its status (0 SUCCEEDED, 1 otherwise)"),
+) -> None:
+    """Print a job's logs (driver stdout and stderr)."""
+    if follow:
+        raise typer.Exit(_follow(_job_client(address), job_id))
+    _job_command(address, lambda client: job_logs(client, job_id).rstrip("\n"))
+
+
+def job_stop_command(
+    job_id: str = JOB_ID_ARGUMENT,
+    address: Optional[str] = ADDRESS_OPTION,
+    wait: float = typer.Option(60.0, "--wait", min=0.0, help="seconds to wait for the job to stop"),
+) -> None:
+    """Stop a running job (SIGTERM, then SIGKILL after a few seconds) and print its final status."""
+    client = _job_client(address)
+    with exit_on(SubmitError):
+        status = stop_job(client, job_id, wait_s=wait)
+    typer.echo(f"{job_id}: {status}")
+    if status not in FINISHED_STATUSES:
+        typer.echo(f"error: {job_id} is still {status} after {wait:g} s", err=True)
+        raise typer.Exit(1)
+
+
+def job_list_command(address: Optional[str] = ADDRESS_OPTION) -> None:
+    """The jobs submitted to the cluster, oldest first: id, status, stage, start time (UTC)."""
+    _job_command(address, lambda client: list_jobs(client))

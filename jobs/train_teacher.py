@@ -2,7 +2,7 @@
 
     python -m jobs.train_teacher -c jobs/configs/tiny.yaml -o runs/teacher \\
         teacher_training.data.path=runs/synthetic/dataset.json teacher_training.epochs=8
-    semidff train-teacher -c jobs/configs/tiny.yaml -o runs/teacher teacher_training.data.path=...
+    semidff train-teacher -c jobs/configs/tiny.yaml -o runs/teacher teacher_training.data.path=...   # the same command
 
 What lands in the output folder:
 
@@ -26,24 +26,24 @@ tagged with the step it resumed at and the run it continued.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 import numpy as np
 import torch
+import typer
 
+from jobs.cli_common import CONFIG_OPTION, OVERRIDES_ARGUMENT, echo_progress, exit_on, resolve_config, run_module
 from pipelines.train_reporting import (
     ProgressPump,
     ProgressReporter,
     StepMetricLog,
     load_checkpoint_state,
     report_checkpoint,
-    write_text_atomically,
 )
+from semidff.atomic import write_text_atomically
 from semidff.checkpoint import ModelCheckpoint, check_same_model, save_model_checkpoint
 from semidff.config import Config, ConfigError, load_config
 from semidff.data.labeled import LabeledDataError, dataset_digest, load_labeled_dataset
@@ -343,26 +343,23 @@ def _refuse_other_architecture(cfg: Config, output_dir: Path, name: str) -> None
         ) from None
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m jobs.train_teacher -c cfg.yaml -o OUT key=value ...``"""
-    parser = argparse.ArgumentParser(prog="python -m jobs.train_teacher", description=__doc__.split("\n")[0])
-    parser.add_argument("-c", "--config", default=None, help="YAML config (omitted keys: embedded defaults)")
-    parser.add_argument("-o", "--output", required=True, help="output folder (rerun to resume)")
-    parser.add_argument("--run-name", default=None, help="Ray Train / MLflow run name (default teacher-<output name>)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        result = run(cfg, args.output, run_name=args.run_name, progress=lambda line: print(line, file=sys.stderr, flush=True))
-    except (ConfigError, LabeledDataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TeacherTrainingError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"{result.checkpoint} sha256 {result.sha256} ({result.epochs} epochs, {result.steps} steps, loss {result.final_losses.get('total', float('nan')):.4f})")
-    return 0
+# ---------------------------------------------------------------------------------------------
+# Command line (`semidff train-teacher`, `python -m jobs.train_teacher`)
+
+
+def train_teacher_command(
+    overrides: Optional[List[str]] = OVERRIDES_ARGUMENT,
+    output: Path = typer.Option(..., "--output", "-o", help="output folder: teacher.pt, config.yaml, ray_results/ (rerun the same command to resume)"),
+    config: Optional[Path] = CONFIG_OPTION,
+    run_name: Optional[str] = typer.Option(None, "--run-name", help="Ray Train / MLflow run name (default: teacher-<output folder name>)"),
+) -> None:
+    """Stage 1: train the R-FCN teacher on teacher_training.data (Eq. 2-3) with Ray Train; resumes from the latest checkpoint."""
+    cfg = resolve_config(config, overrides)
+    with exit_on(TeacherTrainingError, code=1), exit_on(ConfigError, LabeledDataError):
+        result = run(cfg, output, run_name=run_name, progress=echo_progress)
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in result.final_losses.items())
+    typer.echo(f"{result.checkpoint}: {result.epochs} epochs, {result.steps} steps, last epoch {losses}; sha256 {result.sha256}")
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run_module(train_teacher_command)

@@ -1,20 +1,20 @@
 """Ray Tune sweeps of the stage-2 training over one teacher cache (key interval, loss weights, lr ...).
 
     semidff tune --cache runs/cache --teacher runs/teacher/teacher.pt -o runs/sweep -c sweep.yaml
-    python -m jobs.tune --cache runs/cache --teacher T.pt -o runs/sweep -c sweep.yaml key=value ...
+    python -m jobs.tune --cache runs/cache --teacher T.pt -o runs/sweep -c sweep.yaml key=value ...   # the same command
     semidff tune ... (the same command again)       # resumes an interrupted sweep where it stopped
 
 The search space is ``tune.search_space`` (grammar: :mod:`semidff.sweep_space`), validated with
 every trial configuration it can produce before Ray starts: each must be a valid config, and the
-cache must hold the offsets its key interval trains on (``jobs.train_flow.check_inputs``). A
+cache must hold the offsets its key interval trains on (``semidff.training.flow_inputs.check_inputs``). A
 swept ``video.key_interval`` sets both the training offsets (d in [1, ΔT-1] / [0, ΔT-1]) and the
 interval of the per-epoch validation (``val/mAP`` with ``evaluation.data.path``).
 
 Each trial is one stage-2 run (:func:`jobs.train_flow.run`, single- or multi-worker by
 ``training.num_workers``) started from a Tune function trainable, which acts as the Ray Train
-driver (ray-facts §3) and holds only ``tune.cpus_per_trial`` CPUs itself. Tune sees one result per
-epoch (``TuneReportCallback``, behind :class:`EpochResults`) and ASHA (``tune.scheduler``, see
-:class:`SweepASHA`) stops the weak trials at ``grace_period x reduction_factor^k`` epochs, never at
+driver and holds only ``tune.cpus_per_trial`` CPUs itself. Tune sees one result per
+epoch (``TuneReportCallback``, behind ``pipelines.tune_sweep.EpochResults``) and ASHA
+(``tune.scheduler``, ``pipelines.tune_sweep.SweepASHA``) stops the weak trials at ``grace_period x reduction_factor^k`` epochs, never at
 their last. ``tune.max_concurrent_trials`` bounds the trials in flight (on a local Ray lowered, with
 a note, when it cannot hold that many Train runs and still leave a CPU to Ray Data's readers).
 
@@ -38,57 +38,53 @@ nested with ``mlflow.parentRunId``). A trial stopped early ends KILLED with tag
 ``mlflow.registered_model`` (trials themselves do not register). ``semidff lineage`` follows it all
 back to the manifest and the teacher checkpoint.
 
-Ray Train's placement groups outlive a trial that Tune stops (ray#54305, ray-facts §0 #6): without
-the Ray dashboard's State API their cleaner cannot run and the freed CPUs never come back, so the
-sweep removes the placement groups of this job whose creating actor is dead.
+The Ray side of the sweep (scheduler, result files, clean-up of what stopped trials leave,
+progress) is ``pipelines/tune_sweep.py``.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
-import math
-import os
-import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ray.train import UserCallback
-from ray.tune import Callback
-from ray.tune.schedulers import ASHAScheduler
+import typer
 
-from semidff.config import Config, ConfigError, load_config
-from semidff.sweep_report import (
-    ERROR,
-    FINISHED,
-    KEY_INTERVAL,
-    STOPPED_EARLY,
-    TrialRecord,
-    compute_summary,
-    pick_best,
-    plot_sweep,
-    write_trial_tables,
+from jobs.cli_common import CONFIG_OPTION, OVERRIDES_ARGUMENT, echo_progress, exit_on, resolve_config, run_module
+from pipelines.tune_sweep import (
+    RESULTS_FILE,
+    TIME_ATTR,
+    EpochResults,
+    SweepASHA,
+    SweepError,
+    SweepProgress,
+    collect_trials,
+    param_space,
+    plan_concurrency,
+    read_epoch_results,
+    reconcile_child_runs,
+    remove_placement_groups_left_after_sweep,
 )
-from semidff.sweep_space import QUASI_POINT_KEY, SearchSpace, apply_values, max_over_corners, parse_search_space
+from semidff.atomic import write_text_atomically
+from semidff.cache.info import CacheError
+from semidff.checkpoint import ModelCheckpointError
+from semidff.config import Config, ConfigError
+from semidff.sweep_report import KEY_INTERVAL, TrialRecord, compute_summary, pick_best, plot_sweep, write_trial_tables
+from semidff.sweep_space import SearchSpace, apply_values, max_over_corners, parse_search_space
+
+__all__ = ["SweepError", "SweepResult", "param_space", "plan_concurrency", "read_epoch_results", "run", "TIME_ATTR"]
 
 STAGE = "tune"
 SWEEP_NAME = "sweep"
 TUNE_DIR = "tune"
 TRIALS_DIR = "trials"
 STATE_FILE = "sweep.json"
-RESULTS_FILE = "epoch_results.jsonl"  # in each trial's folder
 BEST_FILE = "best.json"
 PLOTS_DIR = "plots"
-TIME_ATTR = "epoch"  # epochs done, as train_flow reports it: survives a resume (Tune's own training_iteration restarts at 1)
 Progress = Callable[[str], None]
-
-
-class SweepError(ValueError):
-    """A sweep cannot start or continue; the message names the input and the fix."""
 
 
 @dataclass
@@ -152,7 +148,7 @@ def trial_checker(cache_dir: str, teacher_checkpoint: str) -> Callable[[Config],
     """A check of one trial's config against the cache and teacher (train_flow's own input
     checks: schedule, key interval vs. the cache's offsets, teacher architecture), run once per
     distinct training-relevant setting."""
-    from jobs.train_flow import check_inputs
+    from semidff.training.flow_inputs import check_inputs
 
     checked: set[str] = set()
 
@@ -166,15 +162,8 @@ def trial_checker(cache_dir: str, teacher_checkpoint: str) -> Callable[[Config],
     return check
 
 
-def _config_digest(cfg: Config) -> str:
-    """The sweep's identity on resume: everything but where it runs and logs."""
-    settings = cfg.model_dump(mode="json")
-    settings.pop("ray", None)
-    settings["mlflow"].pop("tracking_uri", None)
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()
-
-
 def _read_state(output: Path) -> Optional[dict[str, Any]]:
+    """The sweep record (parent run, config digest) of an earlier sweep in ``output``, if any."""
     path = output / TUNE_DIR / STATE_FILE
     try:
         return json.loads(path.read_text()) if path.is_file() else None
@@ -182,36 +171,12 @@ def _read_state(output: Path) -> Optional[dict[str, Any]]:
         return None
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(temporary, path)
-
-
-def plan_concurrency(cfg: Config, cluster_cpus: float, say: Progress, local: bool = True) -> int:
-    """Trials to run at once: ``tune.max_concurrent_trials``, on a local Ray lowered to what it
-    holds while keeping 1 CPU for Ray Data's readers (ray-facts §0 #4/#5); SweepError when not even
-    one trial fits. A cluster may scale up (GPU workers from zero): there it is only a note."""
-    tcfg, training = cfg.tune, cfg.training
-    per_trial = tcfg.cpus_per_trial + training.num_workers * training.cpus_per_worker
-    fits = math.floor((cluster_cpus - 1.0) / per_trial + 1e-9)
-    if not local:
-        if fits < tcfg.max_concurrent_trials:
-            say(f"tune: the cluster has {cluster_cpus:g} CPUs now, room for {max(fits, 0)} trial(s) of {per_trial:g} CPUs beside 1 for "
-                f"the readers; the other trials wait for the autoscaler (tune.max_concurrent_trials={tcfg.max_concurrent_trials})")
-        return tcfg.max_concurrent_trials
-    if fits < 1:
-        raise SweepError(
-            f"a trial needs {per_trial:g} CPUs (tune.cpus_per_trial={tcfg.cpus_per_trial:g} + training.num_workers="
-            f"{training.num_workers} x training.cpus_per_worker={training.cpus_per_worker:g}) plus 1 CPU for the data readers, "
-            f"but the Ray cluster has {cluster_cpus:g}; lower training.cpus_per_worker (fractions work) or add CPUs (ray.num_cpus)"
-        )
-    if fits < tcfg.max_concurrent_trials:
-        say(f"tune: {cluster_cpus:g} CPUs hold {fits} trial(s) of {per_trial:g} CPUs at once plus 1 CPU for the readers; "
-            f"running {fits} at a time instead of tune.max_concurrent_trials={tcfg.max_concurrent_trials}")
-        return fits
-    return tcfg.max_concurrent_trials
+def _config_digest(cfg: Config) -> str:
+    """The sweep's identity on resume: everything but where it runs and logs."""
+    settings = cfg.model_dump(mode="json")
+    settings.pop("ray", None)
+    settings["mlflow"].pop("tracking_uri", None)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,303 +207,6 @@ def run_trial(config: dict[str, Any], *, setup: dict[str, Any]) -> None:
     )
 
 
-def param_space(space: SearchSpace, num_samples: int) -> tuple[dict[str, Any], int]:
-    """(Tune param_space, Tune num_samples). Quasi-random entries become one grid over the index
-    of their ``num_samples`` points (each point once), so Tune then samples once per grid cell."""
-    from ray import tune
-
-    params: dict[str, Any] = {}
-    for d in space.dimensions:
-        if d.kind == "grid":
-            params[d.key] = tune.grid_search(list(d.values))
-        elif d.kind == "choice":
-            params[d.key] = tune.choice(list(d.values))
-        elif d.kind == "uniform":
-            params[d.key] = tune.uniform(*d.values)
-        elif d.kind == "loguniform":
-            params[d.key] = tune.loguniform(*d.values)
-        elif d.kind == "randint":
-            params[d.key] = tune.randint(d.values[0], d.values[1] + 1)  # Tune's upper end is exclusive
-    if space.quasi_dimensions:
-        params[QUASI_POINT_KEY] = tune.grid_search(list(range(num_samples)))
-        return params, 1
-    return params, num_samples
-
-
-class EpochResults(UserCallback):
-    """A trial's Ray Train callback: append each epoch-end result to the trial's results file,
-    then hand it to Tune (``TuneReportCallback``). The file is written before Tune can see the
-    result, so a sweep cut in between still knows it when resumed (Tune itself would not: the
-    result dies with the trial actor, and a resumed trial goes on from its checkpoint)."""
-
-    def __init__(self, path: Path, trial_id: str):
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        self.path, self.trial_id = path, trial_id
-        self.to_tune = TuneReportCallback()  # made here, in the Tune session; it runs on the Train controller
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        if metrics:
-            values = {k: v for k, v in metrics[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            if values != self._last_values():  # a resumed run that had finished reports its last epoch again
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                with self.path.open("a") as stream:
-                    stream.write(json.dumps({"trial_id": self.trial_id, "reported_at": time.time(), **values}) + "\n")
-        self.to_tune.after_report(run_context, metrics, checkpoint)
-
-    def _last_values(self) -> Optional[dict[str, Any]]:
-        try:
-            last = json.loads(self.path.read_text().splitlines()[-1])
-        except (OSError, IndexError, json.JSONDecodeError):
-            return None
-        return {k: v for k, v in last.items() if k not in ("trial_id", "reported_at")}
-
-
-def read_epoch_results(trials_dir: str | Path) -> list[dict[str, Any]]:
-    """Every trial's epoch results (:class:`EpochResults`), in the order they were reported; a
-    line cut by a kill is skipped."""
-    records = []
-    for path in Path(trials_dir).glob(f"*/{RESULTS_FILE}"):
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and "trial_id" in record and isinstance(record.get(TIME_ATTR), (int, float)):
-                records.append(record)
-    return sorted(records, key=lambda record: record.get("reported_at", 0.0))
-
-
-def read_trial_history(trials_dir: str | Path, metric: str) -> dict[str, dict[int, float]]:
-    """{trial id: {epoch: metric}}; an epoch reported again (a trial resumed from a mid-epoch
-    checkpoint) keeps its last value."""
-    history: dict[str, dict[int, float]] = {}
-    for record in read_epoch_results(trials_dir):
-        value = record.get(metric)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            history.setdefault(str(record["trial_id"]), {})[int(record[TIME_ATTR])] = float(value)
-    return history
-
-
-class SweepASHA(ASHAScheduler):
-    """ASHA (asynchronous successive halving) with two changes for semidff sweeps.
-
-    * It never stops a trial at its last epoch: the trial then ends by itself, after train_flow
-      has written flow.pt, logged it and closed its MLflow run (a stop would kill it first). The
-      result still counts in ASHA's rungs.
-    * A restored sweep gets its rungs back: Tune does not save scheduler state, so without this
-      a resumed sweep would judge the next trials against empty rungs. On its first event the
-      scheduler replays the trials' epoch results (:class:`EpochResults`) in the order they were
-      reported, as ASHA would have seen them, and stops at its next result a trial that ASHA
-      would have stopped at a result it never saw (one in flight when the sweep was cut).
-
-    budget_of: a trial's Tune config -> its number of epochs (swept epoch counts differ per trial).
-    trials_dir: the sweep's ``trials/`` folder.
-    """
-
-    def __init__(self, budget_of: Callable[[dict], int], trials_dir: str, **asha: Any):
-        super().__init__(**asha)
-        self._budget_of = budget_of
-        self._trials_dir = trials_dir
-        self._replayed = False
-        self._stop_when_seen: set[str] = set()
-
-    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        super().on_trial_add(tune_controller, trial)
-        if not self._replayed:
-            self._replayed = True
-            self.replay(read_epoch_results(self._trials_dir))
-
-    def replay(self, records: list[dict[str, Any]]) -> list[str]:
-        """Feed earlier epoch results (in report order) through ASHA's rungs; returns the ids of
-        the trials ASHA stops on them, which are then stopped at their next result."""
-        from types import SimpleNamespace
-
-        stopped = []
-        bracket = self._brackets[0]  # one bracket (the default); ASHA's own _Bracket bookkeeping
-        for record in records:
-            value = record.get(self._metric)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                continue
-            trial = SimpleNamespace(trial_id=str(record["trial_id"]))
-            if bracket.on_result(trial, record[self._time_attr], self._metric_op * value) == self.STOP:
-                stopped.append(trial.trial_id)
-        self._stop_when_seen.update(stopped)
-        return stopped
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        action = super().on_trial_result(tune_controller, trial, result)
-        if result.get(TIME_ATTR, 0) >= self._budget_of(trial.config):
-            return self.CONTINUE
-        if trial.trial_id in self._stop_when_seen:
-            return self.STOP
-        return action
-
-
-# ---------------------------------------------------------------------------------------------
-# Driver-side Tune callbacks
-
-
-def _actor_placement_groups() -> list[tuple[bytes, bool]]:
-    """(id, creator dead) of this job's live placement groups that an actor created (Tune's own
-    trial groups are the driver's). Reads the GCS table directly, so it works without the dashboard."""
-    import ray
-    from ray._private.state import state as global_state
-    from ray.core.generated import gcs_pb2
-
-    job_id = ray.get_runtime_context().get_job_id()
-    found = []
-    for raw in global_state._connect_and_get_accessor().get_placement_group_table():
-        entry = gcs_pb2.PlacementGroupTableData.FromString(raw)
-        created_by_actor = any(byte != 0xFF for byte in entry.creator_actor_id)  # the nil id: made by the driver
-        if (entry.state != gcs_pb2.PlacementGroupTableData.REMOVED and not entry.is_detached and created_by_actor
-                and entry.creator_job_id.hex() == job_id):
-            found.append((entry.placement_group_id, entry.creator_actor_dead))
-    return found
-
-
-def remove_leaked_placement_groups() -> int:
-    """Remove this job's placement groups whose creating actor is dead (a Ray Train controller
-    killed with its trial, ray#54305): they would hold their CPUs until the job ends, and the next
-    trials would starve. Returns how many were removed."""
-    import ray
-    from ray.util.placement_group import PlacementGroup
-
-    removed = 0
-    for group_id, creator_dead in _actor_placement_groups():
-        if creator_dead:
-            ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID(group_id)))
-            removed += 1
-    return removed
-
-
-def remove_placement_groups_left_after_sweep(timeout_s: float = 15.0) -> int:
-    """After ``fit()``: the controllers of the last stopped trials die shortly after their trial,
-    so keep removing leaked groups until no actor-made group of this job is left (or timeout)."""
-    removed, deadline = 0, time.monotonic() + timeout_s
-    while True:
-        removed += remove_leaked_placement_groups()
-        if not _actor_placement_groups() or time.monotonic() > deadline:
-            return removed
-        time.sleep(0.5)
-
-
-class SweepProgress(Callback):
-    """Driver-side Tune callback: a progress line per trial event, and every few seconds the
-    removal of placement groups left by stopped trials (:func:`remove_leaked_placement_groups`)."""
-
-    def __init__(self, space: SearchSpace, quasi_points: list[dict[str, Any]], metric: str, scheduler: str,
-                 max_epochs: Callable[[dict], int], say: Progress):
-        self.space, self.quasi_points, self.metric, self.scheduler = space, quasi_points, metric, scheduler
-        self.max_epochs, self.say = max_epochs, say
-        self.last_cleanup = 0.0
-        self.removed_placement_groups = 0
-
-    def _values(self, trial: Any) -> str:
-        values = self.space.values_of(trial.config, self.quasi_points)
-        return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.say(f"tune: trial {trial.trial_id} started ({self._values(trial)})")
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        value = result.get(self.metric)
-        shown = f"{value:.4f}" if isinstance(value, (int, float)) else "-"
-        self.say(f"tune: trial {trial.trial_id} epoch {result.get(TIME_ATTR)}/{self.max_epochs(trial.config)} {self.metric} {shown}")
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        done, budget = (trial.last_result or {}).get(TIME_ATTR, 0), self.max_epochs(trial.config)
-        state = "finished" if done >= budget else f"stopped early by {self.scheduler}"
-        finished = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
-        self.say(f"tune: trial {trial.trial_id} {state} after {done}/{budget} epochs ({finished}/{len(trials)} trials done)")
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.say(f"tune: trial {trial.trial_id} FAILED ({self._values(trial)}); its error is in {trial.path}")
-
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        now = time.monotonic()
-        if now - self.last_cleanup > 5.0:
-            self.last_cleanup = now
-            self._cleanup()
-
-    def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        try:
-            removed = remove_leaked_placement_groups()
-        except Exception as exc:  # noqa: BLE001 - a private Ray API; the sweep must not die of its cleaner
-            self.say(f"tune: could not check for leaked placement groups ({type(exc).__name__}: {exc})")
-            self.last_cleanup = float("inf")
-            return
-        if removed:
-            self.removed_placement_groups += removed
-            self.say(f"tune: removed {removed} placement group(s) left by stopped trials (ray#54305)")
-
-
-# ---------------------------------------------------------------------------------------------
-# After the sweep
-
-
-def _trial_run_id(trial_dir: Path, trial_id: str) -> Optional[str]:
-    """The MLflow run train_flow started for a trial (recorded next to its Ray Train run)."""
-    from jobs.train_flow import MLFLOW_RUN_FILE
-
-    record = trial_dir / "ray_results" / f"trial-{trial_id}" / MLFLOW_RUN_FILE
-    try:
-        return json.loads(record.read_text()).get("run_id")
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _trial_id_of(result: Any) -> Optional[str]:
-    """A Tune result's trial id: in every reported result, else in its folder name
-    (``run_trial_<experiment>_<index>_...``) for a trial that failed before reporting."""
-    trial_id = (result.metrics or {}).get("trial_id")
-    if trial_id:
-        return str(trial_id)
-    match = re.search(r"_([0-9a-f]{5}_[0-9]{5})(?:_|$)", Path(str(result.path)).name)
-    return match.group(1) if match else None
-
-
-def collect_trials(results: Any, space: SearchSpace, setup: dict[str, Any], metric: str,
-                   max_epochs: Callable[[dict], int]) -> list[TrialRecord]:
-    """A TrialRecord per Tune result: values, status, epochs, metric history (from the trials'
-    epoch results, so the epochs from before a resume count too), MLflow run and checkpoints."""
-    from jobs.train_flow import FLOW_FILE
-
-    histories = read_trial_history(setup["trials_dir"], metric)
-    records = []
-    for result in results:
-        trial_id = _trial_id_of(result) or Path(str(result.path)).name
-        last = result.metrics or {}
-        history = histories.get(trial_id, {})
-        epochs = int(last.get(TIME_ATTR) or max(history, default=0))
-        budget = max_epochs(result.config)
-        if result.error is not None:
-            status = ERROR
-        else:
-            status = FINISHED if epochs >= budget else STOPPED_EARLY
-        trial_dir = Path(setup["trials_dir"]) / trial_id
-        flow = trial_dir / FLOW_FILE
-        value = last.get(metric)
-        records.append(TrialRecord(
-            trial_id=trial_id,
-            values=space.values_of(result.config, setup["quasi_points"]),
-            status=status,
-            epochs=epochs,
-            max_epochs=budget,
-            metric=float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None,
-            history=sorted(history.items()),
-            run_id=_trial_run_id(trial_dir, trial_id),
-            output_dir=str(trial_dir),
-            checkpoint_path=last.get("checkpoint_path"),
-            flow_checkpoint=str(flow) if status == FINISHED and flow.is_file() else None,
-            error=str(result.error)[-2000:] if result.error is not None else "",
-        ))
-    return sorted(records, key=lambda r: r.trial_id)
-
-
 def _config_value(cfg: Config, key: str) -> Any:
     """The value of a dotted key in ``cfg``."""
     node: Any = cfg.model_dump(mode="json")
@@ -547,35 +215,11 @@ def _config_value(cfg: Config, key: str) -> Any:
     return node
 
 
-def reconcile_child_runs(client: Any, parent_run_id: str, experiment_id: str, records: list[TrialRecord]) -> None:
-    """Tag each trial's MLflow run with its trial id, values and status, and set the status MLflow
-    cannot know: a trial Tune stopped was killed mid-run (KILLED, whatever its process's exit
-    left), a failed one FAILED; any other child run of the sweep is an attempt a restored trial
-    superseded (cut before its first checkpoint, it started a new run): KILLED and tagged so."""
-    kept = {r.run_id for r in records if r.run_id}
-    for record in records:
-        if not record.run_id:
-            continue
-        client.set_tag(record.run_id, "semidff.tune.trial_id", record.trial_id)
-        client.set_tag(record.run_id, "semidff.tune.values", json.dumps(record.values))
-        client.set_tag(record.run_id, "semidff.tune.status", record.status)
-        if record.status == STOPPED_EARLY:
-            client.set_terminated(record.run_id, "KILLED")
-        elif record.status == ERROR and client.get_run(record.run_id).info.status == "RUNNING":
-            client.set_terminated(record.run_id, "FAILED")
-    children = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'", max_results=5000)
-    for child in children:
-        if child.info.run_id not in kept:
-            client.set_tag(child.info.run_id, "semidff.tune.status", "superseded by a resumed attempt")
-            if child.info.status != "KILLED":
-                client.set_terminated(child.info.run_id, "KILLED")
-
-
 def _register_best(cfg: Config, best: TrialRecord, teacher_sha256: str) -> Optional[str]:
     """Register the best trial's flow.pt (logged by its run) under ``mlflow.registered_model``."""
     import mlflow
 
-    from jobs.train_flow import register_flow_model
+    from jobs.train_flow import register_flow_model  # the stage-2 recipe's own registration
 
     if not (cfg.mlflow.registered_model and best.run_id and best.flow_checkpoint):
         return None
@@ -588,6 +232,24 @@ def _register_best(cfg: Config, best: TrialRecord, teacher_sha256: str) -> Optio
 
 # ---------------------------------------------------------------------------------------------
 # The stage
+
+
+@dataclass
+class SweepPlan:
+    """A sweep's checked inputs: everything :func:`_run_sweep` needs besides the config."""
+
+    space: SearchSpace
+    max_t: int
+    quasi_points: list[dict[str, Any]]
+    teacher: Any
+    cache_dir: str
+    teacher_checkpoint: str
+    output: Path
+    restoring: bool
+    digest: str
+    tracking_uri: str
+    trial_base: Config
+    max_epochs: Callable[[dict], int]
 
 
 def run(
@@ -621,8 +283,7 @@ def run(
     max_t = max_over_corners(space, cfg, lambda c: len(epoch_plan(c.training)))
     quasi_points = space.quasi_points(tcfg.num_samples, cfg.seed)
     teacher = load_model_checkpoint(teacher_checkpoint, expected_kind="teacher")
-    storage = output / TUNE_DIR
-    experiment = storage / SWEEP_NAME
+    experiment = output / TUNE_DIR / SWEEP_NAME
     state = _read_state(output)
     digest = _config_digest(cfg)
     restoring = tune.Tuner.can_restore(str(experiment))
@@ -645,22 +306,13 @@ def run(
     def max_epochs(trial_config: dict) -> int:
         return len(epoch_plan(apply_values(cfg, space.values_of(trial_config, quasi_points)).training))
 
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "config.yaml").write_text(cfg.to_yaml())
-    user_uri = os.environ.get("MLFLOW_TRACKING_URI")  # mlflow.set_tracking_uri exports it; put it back at the end
-    try:
-        return _run_sweep(cfg, space, max_t, quasi_points, teacher, cache_dir, teacher_checkpoint, output, restoring, state, digest,
-                          tracking_uri, trial_base, max_epochs, say, started)
-    finally:
-        if user_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = user_uri
+    write_text_atomically(output / "config.yaml", cfg.to_yaml())
+    plan = SweepPlan(space, max_t, quasi_points, teacher, cache_dir, teacher_checkpoint, output, restoring, digest, tracking_uri,
+                     trial_base, max_epochs)
+    return _run_sweep(cfg, plan, say, started)
 
 
-def _run_sweep(cfg: Config, space: SearchSpace, max_t: int, quasi_points: list[dict[str, Any]], teacher: Any, cache_dir: str,
-               teacher_checkpoint: str, output: Path, restoring: bool, state: Optional[dict[str, Any]], digest: str,
-               tracking_uri: str, trial_base: Config, max_epochs: Callable[[dict], int], say: Progress, started: float) -> SweepResult:
+def _run_sweep(cfg: Config, plan: SweepPlan, say: Progress, started: float) -> SweepResult:
     """The part of :func:`run` that holds Ray and the sweep's MLflow run (inputs checked)."""
     import mlflow
     import ray
@@ -669,42 +321,33 @@ def _run_sweep(cfg: Config, space: SearchSpace, max_t: int, quasi_points: list[d
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from jobs.train_flow import cache_digest
-    from pipelines.ray_session import ray_session
-    from semidff.tracking import log_input_dataset, producer_run_id, record_output, stage_run
+    from pipelines.ray_session import is_local, ray_session
+    from semidff.cache.files import cache_digest
+    from semidff.tracking import log_input_dataset, producer_run_id, record_output, resumable_stage_run
 
     tcfg = cfg.tune
+    space, quasi_points, max_epochs, output = plan.space, plan.quasi_points, plan.max_epochs, plan.output
+    teacher, cache_dir, tracking_uri, restoring = plan.teacher, plan.cache_dir, plan.tracking_uri, plan.restoring
     storage = output / TUNE_DIR
     experiment = storage / SWEEP_NAME
     num_trials = space.num_trials(tcfg.num_samples)
     scheduler_name = "ASHA" if tcfg.scheduler.kind == "asha" else "FIFO"
+    tags = {"semidff.tune.search_space": space.describe()[:5000], "semidff.tune.trials": str(num_trials)}
     with ray_session(cfg.ray.num_cpus, cfg.ray.address):
-        local = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
-        concurrency = plan_concurrency(cfg, ray.cluster_resources().get("CPU", 0.0), say, local=local)
-        mlflow.set_tracking_uri(tracking_uri)
-        earlier_run = state.get("parent_run_id") if (restoring and state) else None
-        if earlier_run:
-            try:
-                MlflowClient(tracking_uri).get_run(earlier_run)
-            except Exception:  # noqa: BLE001 - another store, or deleted: a new parent run
-                earlier_run = None
-        if earlier_run:
-            mlflow.set_experiment(cfg.mlflow.experiment)
-            parent_context = mlflow.start_run(run_id=earlier_run)
-        else:
-            parent_context = stage_run(cfg, STAGE, output, run_name=f"tune-{output.name}",
-                                       tags={"semidff.tune.search_space": space.describe()[:5000], "semidff.tune.trials": str(num_trials)})
-        with parent_context as parent:
+        concurrency = plan_concurrency(cfg, ray.cluster_resources().get("CPU", 0.0), say, local=is_local(cfg.ray.address))
+        with resumable_stage_run(cfg, STAGE, output, storage, can_resume=restoring, run_name=f"tune-{output.name}",
+                                 tags=tags) as (parent, resumed):
             parent_run_id = parent.info.run_id
-            if not earlier_run:
+            if not resumed:
                 log_input_dataset("teacher_cache", cache_dir, cache_digest(cache_dir), context="training",
                                   producer_run_id=producer_run_id(Path(cache_dir) / "cache_info.json"))
                 log_input_dataset("teacher", teacher.path, teacher.sha256, context="model", producer_run_id=producer_run_id(teacher.path))
-            _write_json(storage / STATE_FILE, {"parent_run_id": parent_run_id, "tracking_uri": tracking_uri, "config_digest": digest})
+            write_text_atomically(storage / STATE_FILE, json.dumps(
+                {"parent_run_id": parent_run_id, "tracking_uri": tracking_uri, "config_digest": plan.digest}, indent=2))
             setup = {
-                "base_config": trial_base.model_dump(mode="json"),
+                "base_config": plan.trial_base.model_dump(mode="json"),
                 "cache_dir": str(cache_dir),
-                "teacher_checkpoint": str(Path(teacher_checkpoint).expanduser().resolve()),
+                "teacher_checkpoint": str(Path(plan.teacher_checkpoint).expanduser().resolve()),
                 "trials_dir": str(output / TRIALS_DIR),
                 "parent_run_id": parent_run_id,
                 "space": space,
@@ -724,8 +367,8 @@ def _run_sweep(cfg: Config, space: SearchSpace, max_t: int, quasi_points: list[d
             else:
                 params, samples = param_space(space, tcfg.num_samples)
                 if tcfg.scheduler.kind == "asha":
-                    scheduler = SweepASHA(max_epochs, str(output / TRIALS_DIR), time_attr=TIME_ATTR, max_t=max_t,
-                                          grace_period=min(tcfg.scheduler.grace_period, max_t),
+                    scheduler = SweepASHA(max_epochs, str(output / TRIALS_DIR), time_attr=TIME_ATTR, max_t=plan.max_t,
+                                          grace_period=min(tcfg.scheduler.grace_period, plan.max_t),
                                           reduction_factor=tcfg.scheduler.reduction_factor)
                 else:
                     scheduler = FIFOScheduler()
@@ -762,7 +405,7 @@ def _run_sweep(cfg: Config, space: SearchSpace, max_t: int, quasi_points: list[d
                 "flow_checkpoint": best.flow_checkpoint, "registered_model": cfg.mlflow.registered_model if version else None,
                 "model_version": version,
             } if best else {"trial_id": None}
-            _write_json(output / BEST_FILE, best_record)
+            write_text_atomically(output / BEST_FILE, json.dumps(best_record, indent=2, default=str))
             for path in (markdown, table, output / BEST_FILE, *plots):
                 mlflow.log_artifact(str(path), artifact_path=PLOTS_DIR if path.suffix == ".png" else None)
             mlflow.log_metrics({f"sweep/{k}": v for k, v in summary.items()})
@@ -792,30 +435,29 @@ def _run_sweep(cfg: Config, space: SearchSpace, max_t: int, quasi_points: list[d
     )
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m jobs.tune --cache DIR --teacher T.pt -o OUT [-c cfg.yaml] [key=value ...]``"""
-    from semidff.cache.info import CacheError
-    from semidff.checkpoint import ModelCheckpointError
+# ---------------------------------------------------------------------------------------------
+# Command line
 
-    parser = argparse.ArgumentParser(prog="python -m jobs.tune", description=__doc__.split("\n")[0])
-    parser.add_argument("-c", "--config", default=None, help="YAML config with a tune.search_space (omitted keys: embedded defaults)")
-    parser.add_argument("--cache", required=True, help="teacher cache folder (semidff cache)")
-    parser.add_argument("--teacher", required=True, help="teacher checkpoint the cache was built with")
-    parser.add_argument("-o", "--output", required=True, help="sweep folder (rerun the same command to resume)")
-    parser.add_argument("--no-resume", action="store_true", help="refuse to continue a sweep already in the output folder")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        result = run(cfg, args.cache, args.teacher, args.output, resume=not args.no_resume,
-                     progress=lambda line: print(line, file=sys.stderr, flush=True))
-    except (ConfigError, ModelCheckpointError, CacheError, SweepError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(result.files["trials_md"].read_text(), end="")
-    print(f"best: {json.dumps(result.best.values) if result.best else '-'} -> {result.best_flow_checkpoint or '-'}")
-    return 0
+
+def tune_command(
+    overrides: Optional[list[str]] = OVERRIDES_ARGUMENT,
+    cache: str = typer.Option(..., "--cache", help="teacher cache folder (semidff cache): every trial trains on it"),
+    teacher: Path = typer.Option(..., "--teacher", help="the teacher checkpoint the cache was built with"),
+    output: Path = typer.Option(..., "--output", "-o", help="sweep folder: trials/, tune/, trials.md/.csv, plots/, best.json (rerun to resume)"),
+    config: Optional[Path] = CONFIG_OPTION,
+    no_resume: bool = typer.Option(False, "--no-resume", help="refuse to continue a sweep already in the output folder"),
+) -> None:
+    """Sweep tune.search_space (key interval, loss weights, lr, ...) with Ray Tune and ASHA; resumes an interrupted sweep."""
+    cfg = resolve_config(config, overrides)
+    with exit_on(ConfigError, ModelCheckpointError, CacheError, SweepError):
+        result = run(cfg, cache, str(teacher), str(output), resume=not no_resume, progress=echo_progress)
+    typer.echo(result.files["trials_md"].read_text(), nl=False)
+    if result.best is None:
+        typer.echo(f"no trial reported {result.metric}; see {output / 'trials.md'} and each trial's error")
+        raise typer.Exit(1)
+    typer.echo(f"best: {result.best.trial_id} {result.best.values} {result.metric} {result.best.metric} -> "
+               f"{result.best_flow_checkpoint or result.best.checkpoint_path} (MLflow run {result.best.run_id})")
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run_module(tune_command)

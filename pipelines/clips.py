@@ -1,9 +1,10 @@
 """Stage 2: plan the clips of every usable video in a manifest and decode them, streamed by Ray Data.
 
     from pipelines.clips import clip_dataset, summarize_clips, write_clip_failures
+    from semidff.rows import ClipRow
     ds = clip_dataset("runs/manifest", key_frames_per_second=1.0, currents_per_key=2, offset_range=(1, 9))
     for row in ds.iter_rows():                      # or hand ds to the teacher stage
-        frames = clip_frames_from_row(row)          # ClipFrames: key (h, w, 3), currents (m, h, w, 3) uint8
+        frames = ClipRow.from_dict(row).frames()    # ClipFrames: key (h, w, 3), currents (m, h, w, 3) uint8
     summary = summarize_clips(ds, progress=print)   # or ClipsSummary().add(batch) while consuming
     print(summary.format()); write_clip_failures(summary, "runs/clips/failures.parquet")
 
@@ -11,12 +12,15 @@
     print(report_clip_plan("runs/manifest", cfg).format())  # `semidff clips`: clips and decode cost, nothing decoded
 
 One Ray task per video (``videos_per_task`` to group small ones) opens each file once, reads the
-codec keyframes from its index, plans the clips (:func:`semidff.video.clip_plan.plan_clips`, seeded
-per video, so the plan does not depend on the task layout) and decodes only the frames they need
+codec keyframes from its index, plans the clips (:func:`semidff.video.clip_plan.plan_video`, seeded
+per video, so the plan does not depend on the task layout; or takes the plan it was given, see
+:func:`clip_dataset`) and decodes only the frames they need
 (:mod:`semidff.video.decode`: PyAV decodes selectively, decord is the reference and the fallback). Each
-clip becomes one row (:data:`CLIP_SCHEMA`): ids, frame indices,
+clip becomes one :class:`semidff.rows.ClipRow` (:data:`CLIP_SCHEMA`; its fields, units and shapes
+are documented there): ids, frame indices,
 the resized frames as raw uint8 bytes with their height and width (plain binary columns: a
-variable size per video, no tensor extension type, zero-copy back to numpy), and ``status``. A
+variable size per video, no tensor extension type, zero-copy back to numpy by
+:meth:`ClipRow.frames <semidff.rows.ClipRow.frames>`), and ``status``. A
 clip whose frames do not decode is a row with ``status="error"``, a ``reason`` and an ``error``; a
 video that cannot be opened or planned, or is too short for any clip of the plan (reason "too
 short"), is one such row with ``key_index=-1``, so that every usable video of the manifest leaves a
@@ -43,51 +47,31 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 
-from pipelines.manifest import MANIFEST_FILE, read_manifest_rows
-from pipelines.parquet_io import write_parquet_atomically
-from semidff.video.clip_plan import REGRESSION_OFFSETS, ClipSpec, plan_clips
-from semidff.video.decode import DECODER_AUTO, DECODERS, ClipFailure, ClipFrames, ClipResult, VideoOpenError, open_video
-from semidff.video.probe import STATUS_ERROR, STATUS_OK, VideoInfo, is_local, normalize_uri
+from pipelines.manifest import read_manifest_rows
+from semidff.atomic import write_parquet_atomically
+from semidff.rows import CLIP_SCHEMA, MANIFEST_FILE, STATUS_OK, ClipFrames, ClipResult, ClipRow, ManifestRow
+from semidff.video.clip_plan import REASON_CANNOT_PLAN, REGRESSION_OFFSETS, WHOLE_VIDEO, VideoPlan, plan_clips, plan_video
+from semidff.video.clip_plan import REASON_TOO_SHORT  # noqa: F401 - also imported from here
+from semidff.video.decode import DECODER_AUTO, DECODERS, VideoOpenError, open_video
+from semidff.video.probe import is_local, normalize_uri
 
 if TYPE_CHECKING:
     from semidff.config import Config
 
-REASON_CANNOT_PLAN = "cannot plan"  # e.g. no frame rate for key_frames_per_second
-REASON_TOO_SHORT = "too short"  # fewer frames than the smallest offset needs: the plan has no clip for it
 MAX_TASKS = 10_000  # default cap on tasks (input blocks) of a run: above it, videos are grouped
-WHOLE_VIDEO = -1  # key_index of the row that stands for a video that could not be opened or planned, or has no clip (too short)
 FRAME_COLUMNS = ("key_frame", "current_frames")
-CLIP_SCHEMA = pa.schema(
-    [
-        ("clip_id", pa.string()),  # f"{video_id}:{key_index}"
-        ("video_id", pa.string()),
-        ("uri", pa.string()),
-        ("key_index", pa.int64()),
-        ("current_indices", pa.list_(pa.int64())),
-        ("offsets", pa.list_(pa.int64())),  # current - key
-        ("frames_decoded", pa.int64()),  # what the clip adds to its video's decoding (ClipSpec.frames_decoded)
-        ("height", pa.int32()),  # of the resized frames
-        ("width", pa.int32()),
-        ("scale", pa.float64()),  # resized / original pixels
-        ("key_frame", pa.binary()),  # (height, width, 3) uint8 RGB, C order
-        ("current_frames", pa.binary()),  # (len(current_indices), height, width, 3) uint8 RGB
-        ("status", pa.string()),  # "ok" | "error"
-        ("reason", pa.string()),  # short category ("" when ok)
-        ("error", pa.string()),  # message naming the file ("" when ok)
-    ]
-)
+Video = Union[ManifestRow, Mapping[str, Any], VideoPlan]  # what clip_dataset takes, one per video
 FAILURE_SCHEMA = pa.schema([(name, CLIP_SCHEMA.field(name).type) for name in ("clip_id", "video_id", "uri", "key_index", "reason", "error")])
 
 
 def clip_dataset(
-    videos: Union[str, Sequence[Any]],
+    videos: Union[str, Sequence[Video]],
     *,
     key_frames_per_second: Optional[float] = None,
     key_frames_per_video: Optional[int] = None,
@@ -104,12 +88,15 @@ def clip_dataset(
     block_bytes: int = 16 << 20,
     decoder: str = DECODER_AUTO,
 ) -> "ray.data.Dataset":
-    """A lazy dataset with one row per planned clip (:data:`CLIP_SCHEMA`) of the usable videos.
+    """A lazy dataset with one row per planned clip (:class:`semidff.rows.ClipRow`, :data:`CLIP_SCHEMA`)
+    of the usable videos.
 
     videos: the manifest stage's output directory or its ``manifest.parquet`` (the status "ok"
-        rows are used), or manifest rows / VideoInfo objects (rows with another status are left out).
+        rows are used), or ManifestRows / row dicts (rows with another status are left out): the
+        tasks plan their clips; or VideoPlans (``semidff.video.clip_plan.plan_video``, e.g. made
+        by the teacher cache's driver): the tasks decode those clips, not planning them again.
     key_frames_per_second ... align_to_codec_keyframes: the plan, see ``plan_clips`` (checked here,
-        before any task runs: a bad value raises ValueError).
+        before any task runs: a bad value raises ValueError; not used for VideoPlans).
     short_side, max_long_side: the resize (``semidff.preprocess.resized_shape``).
     chunk_frames: full-size frames decoded per read (memory per task: about chunk_frames frames).
     videos_per_task: videos handled by one task, in order. Default: 1 (the best balance) up to
@@ -141,7 +128,7 @@ def clip_dataset(
     if decoder not in DECODERS:
         raise ValueError(f"decoder={decoder!r}: expected one of {', '.join(DECODERS)}")
 
-    items = _usable_videos(videos)
+    items = _task_items(videos)
     videos_per_task = videos_per_task or max(1, math.ceil(len(items) / MAX_TASKS))
     dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / videos_per_task)))
     compute = ray.data.TaskPoolStrategy(size=max_concurrent_tasks) if max_concurrent_tasks else None
@@ -179,14 +166,14 @@ def clip_dataset_arguments(cfg: "Config") -> dict:
     )
 
 
-def clip_dataset_from_config(videos: Union[str, Sequence[Any]], cfg: "Config") -> "ray.data.Dataset":
-    """:func:`clip_dataset` of ``videos`` (a manifest directory or rows) as ``cfg`` says (see
-    :func:`clip_dataset_arguments`)."""
+def clip_dataset_from_config(videos: Union[str, Sequence[Video]], cfg: "Config") -> "ray.data.Dataset":
+    """:func:`clip_dataset` of ``videos`` (a manifest directory, rows or VideoPlans) as ``cfg``
+    says (see :func:`clip_dataset_arguments`)."""
     return clip_dataset(videos, **clip_dataset_arguments(cfg))
 
 
-def _manifest_rows(videos: Union[str, Sequence[Any]]) -> list[dict]:
-    """Every manifest row (dicts) of a manifest directory, its manifest.parquet, or given rows / VideoInfo objects."""
+def _manifest_rows(videos: Union[str, Sequence[Video]]) -> list[Video]:
+    """Every row of a manifest directory or its manifest.parquet (ManifestRows), or the given ones."""
     if isinstance(videos, str):
         path = videos.rstrip("/")
         # the file itself, also as a bare "manifest.parquet" in the working directory
@@ -195,16 +182,21 @@ def _manifest_rows(videos: Union[str, Sequence[Any]]) -> list[dict]:
         if not rows:
             raise ValueError(f"{videos}: no {MANIFEST_FILE} there; build it first (semidff manifest VIDEOS -o {directory})")
         return rows
-    return [row.to_row() if isinstance(row, VideoInfo) else dict(row) for row in videos]
+    return list(videos)
 
 
-def _usable_videos(videos: Union[str, Sequence[Any]]) -> list[dict]:
-    """The fields the tasks need, of the status-"ok" videos, sorted by URI."""
-    items = [
-        {name: row[name] for name in ("video_id", "uri", "num_frames", "fps")}
-        for row in _manifest_rows(videos)
-        if row.get("status", STATUS_OK) == STATUS_OK
-    ]
+def _task_items(videos: Union[str, Sequence[Video]]) -> list[dict]:
+    """What the tasks get, one dict per video to decode, sorted by URI: video_id, uri, num_frames,
+    fps, and ``plan``: a VideoPlan's JSON (the task decodes those clips), or "" (the task plans).
+    Manifest rows (ManifestRow or dicts) whose status is not "ok" are left out."""
+    items = []
+    for video in _manifest_rows(videos):
+        if isinstance(video, VideoPlan):
+            items.append(dict(video_id=video.video_id, uri=video.uri, num_frames=video.num_frames, fps=None, plan=video.to_json()))
+            continue
+        get = video.get if isinstance(video, Mapping) else partial(getattr, video)
+        if get("status", STATUS_OK) == STATUS_OK:
+            items.append(dict(video_id=get("video_id"), uri=get("uri"), num_frames=get("num_frames"), fps=get("fps"), plan=""))
     return sorted(items, key=lambda item: item["uri"])
 
 
@@ -216,93 +208,37 @@ def _clip_tables(videos: pa.Table, **video_args) -> Iterator[pa.Table]:
     decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's log lines; every outcome is in the rows
     for video in videos.to_pylist():
         for row in _clip_rows_of_video(video, **video_args):
-            yield pa.Table.from_pylist([row], schema=CLIP_SCHEMA)
+            yield ClipRow.to_arrow([row])
 
 
 def _clip_rows_of_video(
     video: dict, *, plan_args: dict, short_side: int, max_long_side: int, chunk_frames: int, decoder: str
-) -> Iterator[dict]:
-    """The rows of one video's clips."""
+) -> Iterator[ClipRow]:
+    """The rows of one video's clips (a :func:`_task_items` item): the plan is made here from the
+    file's codec keyframes, or is the item's (then only its decoding cost is added)."""
+    given = VideoPlan.from_json(video["plan"]) if video.get("plan") else None
     try:
         with open_video(video["uri"], decoder=decoder, num_frames=video["num_frames"]) as opened:
-            try:
-                clips = plan_clips(video, codec_keyframes=opened.keyframe_indices(), **plan_args)
-            except ValueError as exc:
-                yield _whole_video_row(video, REASON_CANNOT_PLAN, f"{video['uri']}: {exc}")
+            keyframes = opened.keyframe_indices()
+            plan = given.with_codec_keyframes(keyframes) if given is not None else plan_video(video, codec_keyframes=keyframes, **plan_args)
+            if not plan.clips:  # cannot be planned, or too short
+                yield ClipRow.whole_video(video["video_id"], video["uri"], plan.reason, plan.error)
                 return
-            if not clips:
-                yield _no_clip_row(video, plan_args)
-                return
-            for result in opened.decode_clips(clips, short_side=short_side, max_long_side=max_long_side, chunk_frames=chunk_frames):
-                yield clip_row(result)
+            for result in opened.decode_clips(plan.clips, short_side=short_side, max_long_side=max_long_side, chunk_frames=chunk_frames):
+                yield ClipRow.from_result(result)
     except VideoOpenError as exc:
-        yield _whole_video_row(video, exc.reason, exc.message)
-
-
-def _no_clip_row(video: dict, plan_args: dict) -> dict:
-    """The row of a video whose plan has no clip: too short for the smallest offset, or (keys on
-    codec keyframes) no keyframe early enough."""
-    lo, hi = plan_args["offset_range"]
-    if video["num_frames"] - 1 - lo < 0:
-        return _whole_video_row(
-            video,
-            REASON_TOO_SHORT,
-            f"{video['uri']}: {video['num_frames']} frame(s), too few for a current frame at offset d >= {lo} "
-            f"(clips.offset_range=[{lo}, {hi}]), so it gives no clip; nothing is wrong with the file",
-        )
-    return _whole_video_row(
-        video,
-        REASON_CANNOT_PLAN,
-        f"{video['uri']}: no codec keyframe leaves room for a current frame at offset d >= {lo} "
-        "(clips.align_to_codec_keyframes=true), so it gives no clip; set it to false to plan keys anywhere",
-    )
+        yield ClipRow.whole_video(video["video_id"], video["uri"], exc.reason, exc.message)
 
 
 def clip_row(result: ClipResult) -> dict:
-    """The dataset row (:data:`CLIP_SCHEMA`) of a decoded or failed clip."""
-    clip = result.clip
-    row = dict(
-        clip_id=clip.clip_id,
-        video_id=clip.video_id,
-        uri=clip.uri,
-        key_index=clip.key_index,
-        current_indices=list(clip.current_indices),
-        offsets=list(clip.offsets),
-        frames_decoded=clip.frames_decoded if clip.frames_decoded is not None else 0,
-    )
-    if isinstance(result, ClipFrames):
-        height, width = result.key_frame.shape[:2]
-        return dict(
-            row,
-            height=height,
-            width=width,
-            scale=result.scale,
-            key_frame=result.key_frame.tobytes(),
-            current_frames=result.current_frames.tobytes(),
-            status=STATUS_OK,
-            reason="",
-            error="",
-        )
-    return dict(row, height=0, width=0, scale=0.0, key_frame=b"", current_frames=b"", status=STATUS_ERROR, reason=result.reason, error=result.error)
+    """The row dict of a decoded or failed clip: ``ClipRow.from_result(result).to_dict()``."""
+    return ClipRow.from_result(result).to_dict()
 
 
-def _whole_video_row(video: dict, reason: str, error: str) -> dict:
-    spec = ClipSpec(f"{video['video_id']}:{WHOLE_VIDEO}", video["video_id"], video["uri"], WHOLE_VIDEO, (), ())
-    return clip_row(ClipFailure(spec, reason, error))
-
-
-def clip_frames_from_row(row: dict) -> ClipFrames:
-    """The ClipFrames of an "ok" row (numpy views of the row's bytes, no copy)."""
-    if row["status"] != STATUS_OK:
-        raise ValueError(f"clip {row['clip_id']} has status {row['status']!r} ({row['reason']}): it has no frames")
-    shape = (int(row["height"]), int(row["width"]), 3)
-    current = tuple(int(i) for i in row["current_indices"])
-    clip = ClipSpec(
-        row["clip_id"], row["video_id"], row["uri"], int(row["key_index"]), current, tuple(int(d) for d in row["offsets"]), int(row["frames_decoded"])
-    )
-    key_frame = np.frombuffer(row["key_frame"], np.uint8).reshape(shape)
-    current_frames = np.frombuffer(row["current_frames"], np.uint8).reshape((len(current), *shape))
-    return ClipFrames(clip, key_frame, current_frames, float(row["scale"]))
+def clip_frames_from_row(row: Mapping[str, Any]) -> ClipFrames:
+    """The ClipFrames of an "ok" row dict (numpy views of the row's bytes, no copy): the same as
+    ``ClipRow.from_dict(row).frames()``, kept for the callers that hold Ray's row dicts."""
+    return ClipRow.from_dict(row).frames()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,7 +404,7 @@ PLAN_COST_SCHEMA = pa.schema(
 )
 
 
-def report_clip_plan(videos: Union[str, Sequence[Any]], cfg: "Config", *, examples: int = 5) -> ClipPlanReport:
+def report_clip_plan(videos: Union[str, Sequence[Video]], cfg: "Config", *, examples: int = 5) -> ClipPlanReport:
     """Plan the clips of every usable video in ``videos`` (a manifest directory or rows) as ``cfg``
     says, twice (keys as planned and on codec keyframes), and count clips and decoding cost.
 
@@ -480,7 +416,7 @@ def report_clip_plan(videos: Union[str, Sequence[Any]], cfg: "Config", *, exampl
 
     start = time.perf_counter()
     rows = _manifest_rows(videos)
-    items = _usable_videos(rows)
+    items = _task_items(rows)
     plan_args = {name: getattr(cfg.clips, name) for name in PLAN_KEYS}
     plan_args["offset_range"] = tuple(plan_args["offset_range"])
     source = videos if isinstance(videos, str) else f"{len(rows)} manifest rows"

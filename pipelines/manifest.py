@@ -14,7 +14,9 @@ one path or URI per line (``#`` comments; relative paths are relative to the lis
 ``file://``, ``s3://``, ``gs://`` or any other scheme ``pyarrow.fs.FileSystem.from_uri`` knows. The
 same code lists local and remote inputs, through pyarrow filesystems.
 
-Each video is probed by one Ray task (:func:`semidff.video.probe.probe_video`). A file that cannot
+Each video becomes one :class:`semidff.rows.ManifestRow` (fields, units and schema there;
+:func:`read_manifest_rows` reads them back), probed by one Ray task
+(:func:`semidff.video.probe.probe_video`). A file that cannot
 be used becomes a row with ``status="error"``, a ``reason`` and an ``error`` message, never a
 crash; a probe that runs past ``probe_timeout_s`` (a decoder hung on its file) is killed and
 recorded with reason ``timeout``, so one file cannot stall the run. Rows are flushed to ``_manifest_parts/`` as they arrive and merged into ``manifest.parquet``
@@ -47,33 +49,17 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 
-from pipelines.parquet_io import write_parquet_atomically
+from semidff.atomic import write_parquet_atomically
 from pipelines.ray_session import ray_session
-from semidff.video.probe import REASON_CRASHED, REASON_TIMEOUT, STATUS_ERROR, STATUS_OK, VideoInfo, is_local, normalize_uri, probe_video, video_id_for
+from semidff.rows import MANIFEST_FILE, MANIFEST_SCHEMA, STATUS_ERROR, STATUS_OK, ManifestRow  # noqa: F401 - MANIFEST_SCHEMA: also imported from here
+from semidff.video.probe import REASON_CRASHED, REASON_TIMEOUT, is_local, normalize_uri, probe_video, video_id_for
 
 VIDEO_EXTENSIONS = frozenset(
     {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".flv", ".wmv", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".3gp", ".ogv"}
 )
 LIST_EXTENSIONS = frozenset({".txt", ".list"})
-MANIFEST_FILE = "manifest.parquet"
 DEFAULT_PROBE_TIMEOUT_S = 120.0  # a probe decodes two frames: seconds even for long-GOP 4K files; minutes means a hang
 PARTS_DIR = "_manifest_parts"
-MANIFEST_SCHEMA = pa.schema(
-    [
-        ("video_id", pa.string()),
-        ("uri", pa.string()),
-        ("size_bytes", pa.int64()),
-        ("num_frames", pa.int64()),
-        ("fps", pa.float64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("duration_s", pa.float64()),
-        ("variable_frame_rate", pa.bool_()),
-        ("status", pa.string()),
-        ("reason", pa.string()),
-        ("error", pa.string()),
-    ]
-)
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
@@ -349,15 +335,16 @@ _STARTED = "started"  # what a probe task yields first: its time limit counts fr
 
 @ray.remote(num_cpus=1, max_retries=1, num_returns="streaming")  # a retry covers a lost node; a file that kills decord twice is a row
 def _probe_task(uri: str) -> Iterator[Union[str, dict]]:
-    """Yields _STARTED as soon as it runs (a queued task is not a slow one), then the manifest row."""
+    """Yields _STARTED as soon as it runs (a queued task is not a slow one), then the manifest
+    row as a dict (ManifestRow.to_dict: plain data crosses Ray)."""
     yield _STARTED
     import decord.logging
 
     decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's own log lines; the outcome is in the row
-    yield probe_video(uri).to_row()
+    yield probe_video(uri).to_dict()
 
 
-def _probe_on_ray(uris: Sequence[str], cpus_per_task: float, max_in_flight: int, timeout_s: Optional[float] = None) -> Iterator[dict]:
+def _probe_on_ray(uris: Sequence[str], cpus_per_task: float, max_in_flight: int, timeout_s: Optional[float] = None) -> Iterator[ManifestRow]:
     """Yield one manifest row per URI, in completion order, with at most ``max_in_flight`` tasks submitted.
 
     A probe still running ``timeout_s`` seconds after it started (a decoder that hangs on its file)
@@ -391,7 +378,7 @@ def _probe_on_ray(uris: Sequence[str], cpus_per_task: float, max_in_flight: int,
                     continue
                 del pending[task]
                 submit_next()
-                yield item
+                yield item if isinstance(item, ManifestRow) else ManifestRow.from_dict(item)
             if timeout_s is None:
                 continue
             now = time.monotonic()
@@ -406,22 +393,22 @@ def _probe_on_ray(uris: Sequence[str], cpus_per_task: float, max_in_flight: int,
             ray.cancel(task)
 
 
-def _timeout_row(uri: str, timeout_s: float) -> dict:
+def _timeout_row(uri: str, timeout_s: float) -> ManifestRow:
     message = (
         f"{uri}: probing took longer than {timeout_s:g} s and was stopped (the decoder may hang on this file); "
         "rerun with --retry-failed and a larger --probe-timeout, or leave it out"
     )
     size = os.stat(uri).st_size if is_local(uri) and os.path.isfile(uri) else None
-    return VideoInfo.failed(video_id_for(uri), uri, REASON_TIMEOUT, message, size).to_row()
+    return ManifestRow.failed(video_id_for(uri), uri, REASON_TIMEOUT, message, size)
 
 
-def _crashed_row(uri: str, exc: Exception) -> dict:
+def _crashed_row(uri: str, exc: Exception) -> ManifestRow:
     first_line = (str(exc).strip().splitlines() or [""])[0][:200]
     message = (
         f"{uri}: the probing process failed ({type(exc).__name__}: {first_line}); decord may have crashed on this file, "
         "rerun with --retry-failed or leave it out"
     )
-    return VideoInfo.failed(video_id_for(uri), uri, REASON_CRASHED, message).to_row()
+    return ManifestRow.failed(video_id_for(uri), uri, REASON_CRASHED, message)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,15 +422,15 @@ def _output_location(output_dir: str) -> tuple[pafs.FileSystem, str]:
     return filesystem, path.rstrip("/")
 
 
-def _write_atomically(rows: list[dict], filesystem: pafs.FileSystem, path: str) -> None:
-    """Manifest rows to ``path``, atomically (:func:`pipelines.parquet_io.write_parquet_atomically`)."""
-    write_parquet_atomically(pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA), filesystem, path)
+def _write_atomically(rows: Sequence[ManifestRow], filesystem: pafs.FileSystem, path: str) -> None:
+    """Manifest rows to ``path``, atomically (:func:`semidff.atomic.write_parquet_atomically`)."""
+    write_parquet_atomically(ManifestRow.to_arrow(rows), filesystem, path)
 
 
-def _read_rows(filesystem: pafs.FileSystem, path: str) -> list[dict]:
+def _read_rows(filesystem: pafs.FileSystem, path: str) -> list[ManifestRow]:
     table = pq.read_table(path, filesystem=filesystem)
     try:
-        return table.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA).to_pylist()
+        return ManifestRow.from_arrow(table)
     except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise ManifestError(f"{path}: not a manifest this version can extend ({exc}); write to a new output directory") from None
 
@@ -454,14 +441,14 @@ def _existing_parts(filesystem: pafs.FileSystem, base: str) -> list[str]:
     return sorted(p for p in names if posixpath.basename(p).startswith("part-") and p.endswith(".parquet"))
 
 
-def read_manifest_rows(output_dir: str) -> dict[str, dict]:
+def read_manifest_rows(output_dir: str) -> dict[str, ManifestRow]:
     """video_id -> row of everything recorded under ``output_dir``: the manifest plus the parts a
     crashed run left behind (newer rows win)."""
     filesystem, base = _output_location(output_dir)
     paths = [f"{base}/{MANIFEST_FILE}"] if filesystem.get_file_info(f"{base}/{MANIFEST_FILE}").type == pafs.FileType.File else []
-    rows: dict[str, dict] = {}
+    rows: dict[str, ManifestRow] = {}
     for path in paths + _existing_parts(filesystem, base):
-        rows.update((row["video_id"], row) for row in _read_rows(filesystem, path))
+        rows.update((row.video_id, row) for row in _read_rows(filesystem, path))
     return rows
 
 
@@ -506,7 +493,7 @@ def build_manifest(
     old_parts = _existing_parts(filesystem, base)
     rows = read_manifest_rows(output_dir)
     _check_ids_unique(uris, rows)
-    todo = [u for u in uris if (r := rows.get(video_id_for(u))) is None or (retry_failed and r["status"] == STATUS_ERROR)]
+    todo = [u for u in uris if (r := rows.get(video_id_for(u))) is None or (retry_failed and r.status == STATUS_ERROR)]
     manifest_path = posixpath.join(base if is_local(output_dir) else output_dir, MANIFEST_FILE)
     progress(f"manifest: {len(uris)} videos in the inputs, {len(uris) - len(todo)} already in {manifest_path}, {len(todo)} to probe")
 
@@ -516,7 +503,7 @@ def build_manifest(
         with ray_session(num_cpus, address):
             probed_failed = _probe_and_record(todo, rows, parts, cpus_per_task, progress_every, progress, probe_timeout_s)
 
-    _write_atomically(sorted(rows.values(), key=lambda r: r["uri"]), filesystem, f"{base}/{MANIFEST_FILE}")
+    _write_atomically(sorted(rows.values(), key=lambda r: r.uri), filesystem, f"{base}/{MANIFEST_FILE}")
     for part in old_parts + parts.written:
         filesystem.delete_file(part)
     return _summarise(rows, manifest_path, len(uris), len(todo), probed_failed, time.perf_counter() - start)
@@ -527,10 +514,10 @@ class _PartFiles:
 
     def __init__(self, filesystem: pafs.FileSystem, directory: str, batch_size: int):
         self.filesystem, self.directory, self.batch_size = filesystem, directory, batch_size
-        self.pending: list[dict] = []
+        self.pending: list[ManifestRow] = []
         self.written: list[str] = []
 
-    def add(self, row: dict) -> None:
+    def add(self, row: ManifestRow) -> None:
         self.pending.append(row)
         if len(self.pending) >= self.batch_size:
             self.flush()
@@ -545,7 +532,7 @@ class _PartFiles:
 
 def _probe_and_record(
     todo: Sequence[str],
-    rows: dict[str, dict],
+    rows: dict[str, ManifestRow],
     parts: _PartFiles,
     cpus_per_task: float,
     progress_every: int,
@@ -562,9 +549,9 @@ def _probe_and_record(
     try:
         with contextlib.closing(_probe_on_ray(todo, cpus_per_task, max_in_flight, probe_timeout_s)) as results:  # closing cancels what is left
             for done, row in enumerate(results, start=1):
-                rows[row["video_id"]] = row
+                rows[row.video_id] = row
                 parts.add(row)
-                failed += row["status"] != STATUS_OK
+                failed += row.status != STATUS_OK
                 if done % progress_every == 0 or done == len(todo):
                     rate = done / max(time.perf_counter() - start, 1e-9)
                     progress(f"  probed {done}/{len(todo)} ({done - failed} ok, {failed} failed), {rate:.1f} videos/s")
@@ -573,20 +560,20 @@ def _probe_and_record(
     return failed
 
 
-def _check_ids_unique(uris: Sequence[str], rows: dict[str, dict]) -> None:
-    seen = {vid: row["uri"] for vid, row in rows.items()}
+def _check_ids_unique(uris: Sequence[str], rows: dict[str, ManifestRow]) -> None:
+    seen = {vid: row.uri for vid, row in rows.items()}
     for uri in uris:
         other = seen.setdefault(video_id_for(uri), uri)
         if other != uri:
             raise ManifestError(f"{uri} and {other} have the same video_id {video_id_for(uri)} (a SHA-1 prefix collision); rename one of them")
 
 
-def _summarise(rows: dict[str, dict], manifest_path: str, matched: int, probed: int, probed_failed: int, seconds: float) -> ManifestSummary:
-    failed_rows = [r for r in rows.values() if r["status"] != STATUS_OK]
-    reasons = Counter(r["reason"] or "unknown" for r in failed_rows)
+def _summarise(rows: dict[str, ManifestRow], manifest_path: str, matched: int, probed: int, probed_failed: int, seconds: float) -> ManifestSummary:
+    failed_rows = [r for r in rows.values() if r.status != STATUS_OK]
+    reasons = Counter(r.reason or "unknown" for r in failed_rows)
     examples: dict[str, str] = {}
-    for row in sorted(failed_rows, key=lambda r: r["uri"]):
-        examples.setdefault(row["reason"] or "unknown", row["error"])
+    for row in sorted(failed_rows, key=lambda r: r.uri):
+        examples.setdefault(row.reason or "unknown", row.error)
     return ManifestSummary(
         manifest_path=manifest_path,
         matched=matched,

@@ -1,7 +1,9 @@
-"""The Ray a stage runs on: the one already initialised, a cluster, or a private local Ray.
+"""The Ray a stage runs on (the one already initialised, a cluster, or a private local Ray) and
+the questions a stage asks of it: local or cluster, GPUs or not, CPUs left for the data readers.
 
     with ray_session(num_cpus=cfg.ray.num_cpus, address=cfg.ray.address):
         ...  # ray.data / ray.train work here
+        read_cpus = data_cpus(cfg, 0.25, workers_cpus=2.0, lower="training.cpus_per_worker", say=print)
 
 Embedded default: with no address (and no $RAY_ADDRESS) a local Ray is started for the stage and
 shut down after it; it never attaches to some other `ray start` on the same machine.
@@ -11,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import ray
+
+from semidff.config import Config, ConfigError
 
 
 @contextlib.contextmanager
@@ -24,7 +28,7 @@ def ray_session(num_cpus: Optional[int] = None, address: Optional[str] = None, l
         yield
         return
     quiet = dict(log_to_driver=log_to_driver, logging_level=logging.WARNING)
-    if address or os.environ.get("RAY_ADDRESS"):
+    if not is_local(address):
         ray.init(address=address, **quiet)
     else:  # "local": never attach to some other `ray start` on this machine
         ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, **quiet)
@@ -37,3 +41,31 @@ def ray_session(num_cpus: Optional[int] = None, address: Optional[str] = None, l
 def cluster_has_gpus() -> bool:
     """Whether the running Ray cluster offers at least one GPU."""
     return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def is_local(address: Optional[str]) -> bool:
+    """Whether a stage with this ``ray.address`` runs on a local Ray it starts itself (no address
+    and no $RAY_ADDRESS), rather than on a cluster (which an autoscaler may grow)."""
+    return not (address or os.environ.get("RAY_ADDRESS"))
+
+
+def data_cpus(cfg: Config, needed: float, workers_cpus: float, lower: str, say: Callable[[str], None]) -> float:
+    """CPUs per data task beside actors or workers holding ``workers_cpus``: what they leave free,
+    at most 1 and at least ``needed``.
+
+    Workers holding every CPU starve Ray Data's tasks and the run hangs silently, so a local Ray
+    without room for one data task is refused (ConfigError naming ``lower``, the settings to
+    lower); on a cluster it is a warning (an autoscaler may add nodes).
+    """
+    total = ray.cluster_resources().get("CPU", 0.0)
+    free = total - workers_cpus
+    if free >= needed - 1e-9:
+        return max(needed, min(1.0, free))
+    message = (
+        f"the workers' {workers_cpus:g} CPUs leave {max(free, 0):g} of the cluster's {total:g} CPUs for the data tasks, "
+        f"which need {needed:g} each: the run would hang. Lower {lower} (fractions are fine), or give Ray more CPUs (ray.num_cpus)"
+    )
+    if is_local(cfg.ray.address):
+        raise ConfigError(message)
+    say(f"warning: {message} (waiting for the cluster to add nodes)")
+    return needed

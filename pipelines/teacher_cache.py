@@ -9,21 +9,23 @@ The Ray Data plan (one dataset, streamed):
 1. the clip stage (``pipelines.clips``): decode tasks, one row per clip;
 2. :func:`prepare_clips`, fused into those same tasks: drop the clips already in the cache,
    encode every frame as JPEG (``cache.jpeg_quality``) and decode it back, because the teacher
-   must see exactly the pixels the cache stores;
+   must see exactly the pixels the cache stores (ClipRow -> PreparedClipRow, :mod:`semidff.rows`);
 3. :class:`TeacherCacheActor`, an ``ActorPoolStrategy(size=cache.num_actors)`` pool: each actor
    loads the checkpoint once (``weights_only``), receives ``cache.clips_per_file`` clips per call,
    runs the teacher on them ``cache.batch_size`` clips per forward pass (fp16 autocast on a GPU,
-   fp32 on CPU), packs the outputs (:mod:`semidff.cache.format`) and writes them as one Parquet
-   file, under a temporary name then renamed. Only one small row per clip (id, status, file) goes
-   back to the driver: features never travel through the object store.
+   fp32 on CPU), packs the outputs (:mod:`semidff.cache.format`: one ``semidff.rows.CacheRow``
+   per clip) and writes them as one Parquet file, under a temporary name then renamed. Only one
+   small row per clip (id, status, file) goes back to the driver: features never travel through
+   the object store.
 
 Exactly once: a clip is in the cache when a complete ``part-*.parquet`` file holds its row (ok or
 failed), and a rerun reads the ``clip_id`` column of those files and skips them. A killed run
 loses at most the files being written (temporary names, removed by the next run). Run one build
 per cache directory at a time. The driver makes the plan from the manifest (:func:`plan_cache_work`),
-so a rerun decodes only the videos with clips missing, and a complete cache returns at once
-(with ``clips.align_to_codec_keyframes`` the plan needs the files: all videos are decoded again
-and the clips already written dropped before the teacher).
+so a rerun decodes only the videos with clips missing, and a complete cache returns at once; the
+decode tasks get that plan (``semidff.video.clip_plan.VideoPlan``) and do not plan again
+(with ``clips.align_to_codec_keyframes`` the plan needs the files: the decode tasks make it, all
+videos are decoded again and the clips already written dropped before the teacher).
 
 CPUs (ray-facts §0 #3): the actors hold ``num_actors x num_cpus_per_actor`` CPUs for the whole
 run; the decode tasks need ``clips.num_cpus`` more, or the pipeline deadlocks. A local Ray without
@@ -39,7 +41,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -47,29 +49,20 @@ import pyarrow.fs as pafs
 import ray
 import torch
 
-from pipelines.clips import CLIP_SCHEMA, PLAN_KEYS, WHOLE_VIDEO, clip_dataset_arguments, clip_dataset_from_config, clip_frames_from_row
+from pipelines.clips import PLAN_KEYS, clip_dataset_arguments, clip_dataset_from_config
 from pipelines.manifest import read_manifest_rows
-from pipelines.parquet_io import write_parquet_atomically
+from semidff.atomic import write_parquet_atomically
 from pipelines.ray_session import cluster_has_gpus
 from semidff.cache.files import file_cache_info, list_cache_files, open_cache_file, temporary_files, written_clip_ids
-from semidff.cache.format import (
-    CLIP_ID_FIELDS,
-    FILE_PREFIX,
-    FILE_SUFFIX,
-    REASON_NON_FINITE,
-    STATUS_OK,
-    cache_table,
-    failed_clip_row,
-    pack_clip_row,
-)
+from semidff.cache.format import FILE_PREFIX, FILE_SUFFIX, REASON_NON_FINITE, cache_table, pack_clip_row
 from semidff.cache.info import INFO_FILE, CacheError, CacheInfo, CacheMismatchError, cache_location, read_cache_info, write_cache_info
 from semidff.cache.jpeg import decode_jpeg, encode_jpeg
 from semidff.cache.teacher import ClipError, PreparedClip, run_teacher_on_clips
 from semidff.checkpoint import build_teacher, load_model_checkpoint
-from semidff.video.clip_plan import plan_clips
+from semidff.rows import PREPARED_SCHEMA, STATUS_OK, CacheRow, ClipRow, ManifestRow, PreparedClipRow  # noqa: F401 - PREPARED_SCHEMA: also imported from here
+from semidff.video.clip_plan import WHOLE_VIDEO, VideoPlan, plan_video
 
 ROW_GROUP_CLIPS = 8  # clips per Parquet row group: a reader streams a file 8 clips at a time
-PREPARED_SCHEMA = pa.schema(list(CLIP_SCHEMA) + [("key_jpeg", pa.binary()), ("current_jpegs", pa.list_(pa.binary()))])
 WRITTEN_SCHEMA = pa.schema(  # what an actor reports per clip (the driver counts, never sees tensors)
     [
         ("clip_id", pa.string()),
@@ -103,8 +96,8 @@ def parquet_write_options(info: CacheInfo) -> dict[str, Any]:
     )
 
 
-def write_cache_file(rows: list[dict[str, Any]], info: CacheInfo, cache_dir: str) -> str:
-    """Write :data:`CACHE_SCHEMA` rows as one new ``part-*.parquet`` file (temporary name, then
+def write_cache_file(rows: Sequence[CacheRow], info: CacheInfo, cache_dir: str) -> str:
+    """Write cache rows as one new ``part-*.parquet`` file (temporary name, then
     rename) with ``info`` in its metadata; returns the file's path in the cache's filesystem."""
     filesystem, base = cache_location(cache_dir)
     filesystem.create_dir(base, recursive=True)
@@ -120,8 +113,9 @@ _DONE_SETS: dict[str, frozenset] = {}  # per worker process: the ids to skip, fe
 
 
 def prepare_clips(batch: pa.Table, *, done: Optional["ray.ObjectRef"], jpeg_quality: int) -> pa.Table:
-    """Clip rows → :data:`PREPARED_SCHEMA` rows: clips in ``done`` (an object ref to a frozenset of
-    clip ids) are dropped; the frames of ok clips are replaced by their JPEG round trip."""
+    """Clip rows (ClipRow) → PreparedClipRow rows (:data:`PREPARED_SCHEMA`): clips in ``done`` (an
+    object ref to a frozenset of clip ids) are dropped; the frames of ok clips are replaced by
+    their JPEG round trip."""
     skip: frozenset = frozenset()
     if done is not None:
         key = done.hex()
@@ -130,13 +124,14 @@ def prepare_clips(batch: pa.Table, *, done: Optional["ray.ObjectRef"], jpeg_qual
             _DONE_SETS[key] = ray.get(done)
         skip = _DONE_SETS[key]
     prepared = []
-    for row in batch.to_pylist():
-        if row["clip_id"] in skip:
+    for row in ClipRow.from_arrow(batch):
+        if row.clip_id in skip:
             continue
-        if row["status"] != STATUS_OK:
-            prepared.append(dict(row, key_jpeg=b"", current_jpegs=[]))
+        fields = row.to_dict()
+        if row.status != STATUS_OK:
+            prepared.append(PreparedClipRow(**fields, key_jpeg=b"", current_jpegs=[]))
             continue
-        frames = clip_frames_from_row(row)
+        frames = row.frames()
         jpeg_of: dict[int, tuple[bytes, np.ndarray]] = {}  # frame index -> (JPEG, decoded): offset 0 and repeats encode once
 
         def round_trip(index: int, frame: np.ndarray) -> tuple[bytes, np.ndarray]:
@@ -148,15 +143,13 @@ def prepare_clips(batch: pa.Table, *, done: Optional["ray.ObjectRef"], jpeg_qual
         key_jpeg, key_frame = round_trip(frames.clip.key_index, frames.key_frame)
         currents = [round_trip(index, frame) for index, frame in zip(frames.clip.current_indices, frames.current_frames)]
         prepared.append(
-            dict(
-                row,
-                key_frame=key_frame.tobytes(),
-                current_frames=np.stack([decoded for _, decoded in currents]).tobytes(),
+            PreparedClipRow(
+                **dict(fields, key_frame=key_frame.tobytes(), current_frames=np.stack([decoded for _, decoded in currents]).tobytes()),
                 key_jpeg=key_jpeg,
                 current_jpegs=[data for data, _ in currents],
             )
         )
-    return pa.Table.from_pylist(prepared, schema=PREPARED_SCHEMA)
+    return PreparedClipRow.to_arrow(prepared)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,17 +187,14 @@ class TeacherCacheActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         call_start = time.perf_counter()
-        rows = batch.to_pylist()
-        out: list[Optional[dict]] = [None] * len(rows)
+        rows = PreparedClipRow.from_arrow(batch)
+        out: list[Optional[CacheRow]] = [None] * len(rows)
         prepared: list[tuple[int, PreparedClip]] = []
         for i, row in enumerate(rows):
-            if row["status"] != STATUS_OK:
-                out[i] = failed_clip_row(row, row["reason"], row["error"])
+            if row.status != STATUS_OK:
+                out[i] = CacheRow.failed(row.ids, row.reason, row.error)
                 continue
-            shape = (int(row["height"]), int(row["width"]), 3)
-            current = np.frombuffer(row["current_frames"], np.uint8).reshape((len(row["current_indices"]), *shape))
-            ids = {name: row[name] for name in CLIP_ID_FIELDS}
-            prepared.append((i, PreparedClip(ids, np.frombuffer(row["key_frame"], np.uint8).reshape(shape), current, row["key_jpeg"], row["current_jpegs"], row["scale"])))
+            prepared.append((i, PreparedClip.from_row(row)))
         teacher_start = time.perf_counter()
         results = run_teacher_on_clips(self.teacher, [clip for _, clip in prepared], batch_size=self.batch_size, device=self.device)
         if self.device.type == "cuda":
@@ -212,19 +202,19 @@ class TeacherCacheActor:
         teacher_s = time.perf_counter() - teacher_start
         for (i, clip), result in zip(prepared, results):
             if isinstance(result, ClipError):
-                out[i] = failed_clip_row(rows[i], result.reason, result.message)
+                out[i] = CacheRow.failed(clip.ids, result.reason, result.message)
                 continue
             try:
                 out[i] = pack_clip_row(result, self.info)
             except ValueError as exc:
-                out[i] = failed_clip_row(rows[i], REASON_NON_FINITE, f"clip {clip.ids['clip_id']}: {exc}")
+                out[i] = CacheRow.failed(clip.ids, REASON_NON_FINITE, f"clip {clip.ids.clip_id}: {exc}")
         path = write_cache_file(out, self.info, self.cache_dir) if out else ""
         done, call_s = time.time(), time.perf_counter() - call_start
         return pa.Table.from_pylist(
             [
                 dict(
-                    clip_id=r["clip_id"], video_id=r["video_id"], status=r["status"], reason=r["reason"], error=r["error"],
-                    pairs=len(r["offsets"]) if r["status"] == STATUS_OK else 0, file=path, file_done=done,
+                    clip_id=r.clip_id, video_id=r.video_id, status=r.status, reason=r.reason, error=r.error,
+                    pairs=len(r.offsets) if r.status == STATUS_OK else 0, file=path, file_done=done,
                     file_teacher_s=teacher_s, file_call_s=call_s,
                 )
                 for r in out
@@ -317,35 +307,41 @@ def check_cpu_headroom(cfg, local: bool, progress: Callable[[str], None]) -> Non
 class CacheWork:
     """What a build still has to do, from the manifest, the plan and the clips already written."""
 
-    videos: list[dict[str, Any]]  # manifest rows of the videos with clips missing (the ones to decode)
+    videos: list[ManifestRow]  # the videos with clips missing (the ones to decode), by URI
     usable_videos: int  # status-"ok" videos in the manifest
     planned: Optional[int]  # clips the plan gives them all (None: known only after decoding, align_to_codec_keyframes)
     missing: Optional[int]  # planned clips not in the cache
+    plans: Optional[list[VideoPlan]] = None  # the plans of ``videos``, for the decode tasks (None: they plan, align_to_codec_keyframes)
+
+    @property
+    def to_decode(self) -> Union[list[ManifestRow], list[VideoPlan]]:
+        """What the clip stage gets: the plans, or the manifest rows when the tasks plan."""
+        return self.videos if self.plans is None else self.plans
 
 
 def plan_cache_work(manifest_dir: str, cfg, done: set[str]) -> CacheWork:
-    """The videos that still have clips to compute. The plan is made here from the manifest (it
-    depends only on the video's id, frame count and rate), so a rerun decodes only the videos
-    with missing clips; a video recorded as unusable (its ``"<video_id>:-1"`` row) is done.
-    With ``align_to_codec_keyframes`` the plan needs each file's keyframes: every video is
-    decoded again and the clips already written are dropped after decoding."""
-    usable = sorted((row for row in read_manifest_rows(manifest_dir).values() if row["status"] == STATUS_OK), key=lambda row: row["uri"])
+    """The videos that still have clips to compute, and their plans. The plan is made here, once,
+    from the manifest (it depends only on the video's id, frame count and rate) and handed to the
+    decode tasks, so a rerun decodes only the videos with missing clips; a video recorded as
+    unusable (its ``"<video_id>:-1"`` row) is done. With ``align_to_codec_keyframes`` the plan
+    needs each file's keyframes: the decode tasks make it, every video is decoded again and the
+    clips already written are dropped after decoding."""
+    usable = sorted((row for row in read_manifest_rows(manifest_dir).values() if row.status == STATUS_OK), key=lambda row: row.uri)
     if cfg.clips.align_to_codec_keyframes:
         return CacheWork(usable, len(usable), None, None)
-    videos, planned, missing = [], 0, 0
+    videos, plans, planned, missing = [], [], 0, 0
+    plan_args = _plan_args(cfg)
     for video in usable:
-        whole_video = f"{video['video_id']}:{WHOLE_VIDEO}"
-        try:
-            ids = [clip.clip_id for clip in plan_clips(video, **_plan_args(cfg))]
-        except ValueError:
-            ids = []
-        ids = ids or [whole_video]  # cannot be planned, or too short for any clip: the decode task records it as one row
+        plan = plan_video(video, **plan_args)
+        ids = plan.clip_ids  # cannot be planned, or too short for any clip: the decode task records it as one row
         planned += len(ids)
+        whole_video = f"{video.video_id}:{WHOLE_VIDEO}"
         left = [] if whole_video in done else [clip_id for clip_id in ids if clip_id not in done]
         if left:
             videos.append(video)
+            plans.append(plan)
             missing += len(left)
-    return CacheWork(videos, len(usable), planned, missing)
+    return CacheWork(videos, len(usable), planned, missing, plans)
 
 
 def _plan_args(cfg) -> dict[str, Any]:
@@ -419,7 +415,7 @@ def build_teacher_cache(
         return summary
     todo = work.missing
     decode_compute = ray.data.TaskPoolStrategy(size=cfg.clips.max_concurrent_tasks) if cfg.clips.max_concurrent_tasks else None
-    prepared = clip_dataset_from_config(work.videos, cfg).map_batches(
+    prepared = clip_dataset_from_config(work.to_decode, cfg).map_batches(
         prepare_clips,
         batch_size=None,
         batch_format="pyarrow",

@@ -28,7 +28,6 @@ import os
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
@@ -177,12 +176,3 @@ class ProgressPump:
         self.stop.set()
         self.thread.join(timeout=10)
         self.queue.shutdown()
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write a run's small text file (``config.yaml``, the MLflow run record) through a temporary
-    name and a rename, so a run killed mid-write leaves the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

@@ -13,14 +13,13 @@ fine-tuned task heads).
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
 
+from semidff.atomic import atomic_path
 from semidff.config import Config, ConfigError
 
 CHECKPOINT_FORMAT = "semidff-checkpoint/1"
@@ -81,14 +80,8 @@ def save_model_checkpoint(
         "state_dicts": {name: {k: v.detach().cpu() for k, v in sd.items()} for name, sd in state_dicts.items()},
         "meta": dict(meta or {}),
     }
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:  # a handle: no file name inside the zip
+        torch.save(payload, handle)
     return file_sha256(path)
 
 

@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from semidff.atomic import write_text_atomically
 from semidff.config import Config
 
 OUTPUT_RUN_FILE = "_semidff_run.json"
@@ -117,10 +118,107 @@ def stage_run(
             mlflow.log_text(cfg.to_yaml(), "config.yaml")
             yield run
     finally:
-        if user_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        _restore_tracking_env(user_uri)
+
+
+def _restore_tracking_env(user_uri: Optional[str]) -> None:
+    """Put back the caller's $MLFLOW_TRACKING_URI (``mlflow.set_tracking_uri`` exports its own)."""
+    if user_uri is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = user_uri
+
+
+RUN_RECORD_FILE = "semidff_mlflow_run.json"  # beside a resumable run's state: the MLflow run a rerun reopens
+
+
+@contextlib.contextmanager
+def resumable_stage_run(
+    cfg: Config,
+    stage: str,
+    output_dir: str | Path,
+    record_dir: str | Path,
+    can_resume: bool,
+    run_name: Optional[str] = None,
+    parent_run_id: Optional[str] = None,
+    tags: Optional[dict[str, str]] = None,
+) -> Iterator[tuple[Any, bool]]:
+    """A stage run that a rerun of a cut job reopens, so its metric curves continue.
+
+    record_dir: the folder of the job's own resumable state (a Ray Train run, a Tune experiment);
+    :data:`RUN_RECORD_FILE` there names the MLflow run. can_resume: whether that state will
+    really be resumed (e.g. it holds a committed checkpoint); if not, a recorded run still RUNNING
+    is marked KILLED and a new run starts. Yields (active run, resumed).
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    record = Path(record_dir) / RUN_RECORD_FILE
+    tracking_uri = tracking_uri_for(cfg, output_dir)
+    earlier = None
+    if record.is_file():
+        try:
+            earlier = json.loads(record.read_text()).get("run_id")
+        except (OSError, json.JSONDecodeError):
+            earlier = None
+    if earlier:
+        client = MlflowClient(tracking_uri)
+        try:
+            status = client.get_run(earlier).info.status
+        except Exception:  # noqa: BLE001 - another store, or the run was deleted: start a new one
+            earlier = None
         else:
-            os.environ["MLFLOW_TRACKING_URI"] = user_uri
+            if not can_resume:
+                if status == "RUNNING":
+                    client.set_terminated(earlier, "KILLED")
+                earlier = None
+    if earlier:
+        user_uri = os.environ.get("MLFLOW_TRACKING_URI")
+        mlflow.set_tracking_uri(tracking_uri)
+        try:
+            use_experiment(cfg.mlflow.experiment, tracking_uri)
+            with mlflow.start_run(run_id=earlier) as active:
+                yield active, True
+        finally:
+            _restore_tracking_env(user_uri)
+        return
+    with stage_run(cfg, stage, output_dir, run_name=run_name, parent_run_id=parent_run_id, tags=tags) as active:
+        write_text_atomically(record, json.dumps({"run_id": active.info.run_id, "tracking_uri": tracking_uri}))
+        yield active, False
+
+
+def recorded_run_id(record_dir: str | Path) -> Optional[str]:
+    """The MLflow run id :func:`resumable_stage_run` recorded in ``record_dir``, or None."""
+    try:
+        return json.loads((Path(record_dir) / RUN_RECORD_FILE).read_text()).get("run_id")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def register_model_version(name: Optional[str], run_id: str, artifact_path: str, tags: dict[str, str], identity_tag: str,
+                           description: str) -> Optional[str]:
+    """Register the artifact folder ``artifact_path`` of the active run as a version of the model
+    ``name`` (created when missing), with ``tags``; None when ``name`` is None. A version of this
+    run whose ``identity_tag`` equals ``tags[identity_tag]`` (the file's checksum) is reused, so a
+    rerun that ends with the same file registers nothing new."""
+    if not name:
+        return None
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name, description="semidff models: load the checkpoint file with semidff.checkpoint.load_model_checkpoint")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    for version in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+        if version.tags.get(identity_tag) == tags[identity_tag]:
+            return str(version.version)
+    version = client.create_model_version(name, source=mlflow.get_artifact_uri(artifact_path), run_id=run_id, tags=tags,
+                                          description=description)
+    return str(version.version)
 
 
 def log_input_dataset(
@@ -157,11 +255,7 @@ def log_input_dataset(
 
 def record_output(output_dir: str | Path, run_id: str, stage: str, tracking_uri: str) -> None:
     """Mark an output folder with the run that produced it (read back by :func:`producing_run`)."""
-    path = Path(output_dir) / OUTPUT_RUN_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"run_id": run_id, "stage": stage, "tracking_uri": tracking_uri}, indent=2))
-    os.replace(temporary, path)
+    write_text_atomically(Path(output_dir) / OUTPUT_RUN_FILE, json.dumps({"run_id": run_id, "stage": stage, "tracking_uri": tracking_uri}, indent=2))
 
 
 def producing_run(input_dir: str | Path) -> Optional[dict[str, str]]:

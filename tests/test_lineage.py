@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from semidff.checkpoint import file_sha256
-from semidff.cli import app
+from jobs.cli import app
 from semidff.config import load_config
 from semidff.lineage import LineageError, format_lineage, trace_lineage
 from semidff.tracking import log_input_dataset, record_output, stage_run, tracking_uri_for

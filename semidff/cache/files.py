@@ -6,6 +6,7 @@ truncated or foreign file raises CacheFileError naming it, never is skipped.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -15,10 +16,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from semidff.atomic import TEMPORARY_PREFIX  # the temporary names of semidff.atomic.write_parquet_atomically
 from semidff.cache.format import CACHE_SCHEMA, FILE_PREFIX, FILE_SUFFIX, STATUS_OK
-from semidff.cache.info import INFO_FILE, PARQUET_METADATA_KEY, CacheFileError, CacheInfo, cache_location, read_cache_info
+from semidff.cache.info import INFO_FILE, PARQUET_METADATA_KEY, CacheError, CacheFileError, CacheInfo, cache_location, read_cache_info
 
-TEMPORARY_PREFIX = "_tmp-"  # pipelines.parquet_io.write_parquet_atomically's temporary names
 FIX_HINT = "delete it and rerun semidff cache on this directory: its clips are computed again"
 
 
@@ -229,3 +230,21 @@ def inspect_cache(cache_dir: str) -> CacheReport:
     report.column_bytes = dict(column_bytes)
     report.duplicate_clip_ids = sorted(clip for clip, count in seen.items() if count > 1)
     return report
+
+
+def cache_digest(cache_dir: str) -> str:
+    """SHA-256 of a cache's content record and of its files' names and sizes: the cache's identity
+    for MLflow and for run names.
+
+    Cache files are written once (temporary name, then rename) and never changed, so the list
+    identifies the pairs; a cache that grew (a rerun of semidff cache) gets a new digest. Raises
+    CacheError when the cache holds no file yet.
+    """
+    filesystem, _ = cache_location(cache_dir)
+    digest = hashlib.sha256(json.dumps(read_cache_info(cache_dir).identity(), sort_keys=True).encode("utf-8"))
+    files = list_cache_files(cache_dir)
+    if not files:
+        raise CacheError(f"{cache_dir}: the teacher cache holds no clip files yet (run semidff cache to fill it)")
+    for info in sorted(filesystem.get_file_info(files), key=lambda item: item.base_name):
+        digest.update(f"{info.base_name}:{info.size}\n".encode("utf-8"))
+    return digest.hexdigest()

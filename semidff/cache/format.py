@@ -1,31 +1,22 @@
-"""The teacher cache's Parquet rows: one row per clip, tensors as plain binary blobs.
+"""The teacher cache's Parquet rows: packing a clip's teacher outputs into blobs and reading them back.
 
-A row (:data:`CACHE_SCHEMA`) holds a clip's ids and frame indices, its frames as JPEG, the key
+A row is a :class:`semidff.rows.CacheRow` (:data:`CACHE_SCHEMA`; its docstring lists every
+column with its shape and dtype): a clip's ids and frame indices, its frames as JPEG, the key
 frame's features, and for every current frame its features and soft targets. Tensors are binary
-blobs (little-endian, C order) of known shapes, not Arrow tensor or list columns: a blob reads zero-copy and fast, and a list of int8/fp16 values would be stored as
-INT32 by Parquet (perf-anchors: Parquet feature storage). Per current frame j (lists aligned
-with ``current_indices`` and ``offsets``):
+blobs (little-endian, C order) of known shapes, not Arrow tensor or list columns: a blob reads
+zero-copy and fast, and a list of int8/fp16 values would be stored as INT32 by Parquet
+(perf-anchors: Parquet feature storage).
 
-| column | blob of | dtype |
-|---|---|---|
-| key_jpeg / current_jpegs[j] | (H, W, 3) RGB frame at network-input size | JPEG |
-| key_features / current_features[j] | (C, h, w) features | fp32, fp16 or int8 |
-| key_feature_scales / current_feature_scales[j] | (C,) per-channel int8 scales (empty otherwise) | fp32 |
-| rpn_cls_logits[j] / rpn_deltas[j] | (2A, h, w) / (4A, h, w) | soft-target precision |
-| rois[j] | (R, 4) x1, y1, x2, y2 in network-input pixels | fp32 always |
-| cls_logits[j] / box_deltas[j] | (R, K + 1) / (R, 8) | soft-target precision |
-
-The key frame's RPN and R-FCN outputs are not stored (the student never needs them). When a
-current frame is the key frame itself (offset 0), ``key_features`` is empty and
-``key_from_current`` names that current frame, whose features are the key's. A failed clip is a
-row with ``status="error"``, a ``reason``, an ``error`` message and empty blobs.
+:func:`pack_clip_row` turns a :class:`TeacherClip` into a CacheRow, :func:`failed_clip_row` makes
+the row of a clip without outputs, :func:`cache_table` the Arrow table of a file; the ``*_of``
+readers turn a row (a CacheRow or the dict pyarrow gives) back into float32 arrays.
 
 RoIs stay fp32 because fp16 has a 0.5 px step above 512 px and 1 px above 1024.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -33,51 +24,14 @@ import torch
 
 from semidff.cache.info import PARQUET_METADATA_KEY, CacheFileError, CacheInfo
 from semidff.cache.quantize import STORAGE_DTYPES, dequantize_features, quantize_features
+from semidff.rows import CACHE_SCHEMA, STATUS_ERROR, STATUS_OK, CacheRow, ClipIds  # noqa: F401 - CACHE_SCHEMA, STATUS_*: also imported from here
 from semidff.teacher_targets import ImageTargets
 
-STATUS_OK = "ok"
-STATUS_ERROR = "error"
 REASON_TEACHER_FAILED = "teacher failed"  # the forward pass raised (e.g. out of memory)
 REASON_NON_FINITE = "non-finite teacher output"  # NaN/inf in an output, or beyond fp16's range
 FILE_PREFIX = "part-"
 FILE_SUFFIX = ".parquet"
-
-_blob_list = pa.list_(pa.binary())
-CACHE_SCHEMA = pa.schema(
-    [
-        ("clip_id", pa.string()),  # f"{video_id}:{key_index}", unique in a cache
-        ("video_id", pa.string()),
-        ("uri", pa.string()),
-        ("key_index", pa.int64()),
-        ("current_indices", pa.list_(pa.int64())),
-        ("offsets", pa.list_(pa.int64())),  # current - key
-        ("status", pa.string()),  # "ok" | "error"
-        ("reason", pa.string()),  # short category ("" when ok)
-        ("error", pa.string()),  # message ("" when ok)
-        ("height", pa.int32()),  # H, W of the stored frames (= network input)
-        ("width", pa.int32()),
-        ("scale", pa.float64()),  # stored frame pixels / original video pixels
-        ("feature_height", pa.int32()),  # h, w of the feature maps
-        ("feature_width", pa.int32()),
-        ("key_from_current", pa.int32()),  # j of the current frame that is the key frame (offset 0), else -1
-        ("key_jpeg", pa.binary()),
-        ("current_jpegs", _blob_list),
-        ("key_features", pa.binary()),
-        ("key_feature_scales", pa.binary()),
-        ("current_features", _blob_list),
-        ("current_feature_scales", _blob_list),
-        ("rpn_cls_logits", _blob_list),
-        ("rpn_deltas", _blob_list),
-        ("num_rois", pa.list_(pa.int32())),  # R of each current frame
-        ("rois", _blob_list),
-        ("cls_logits", _blob_list),
-        ("box_deltas", _blob_list),
-    ]
-)
-CLIP_ID_FIELDS = ("clip_id", "video_id", "uri", "key_index", "current_indices", "offsets")  # a clip's identity, as in the clip stage
-ID_COLUMNS = CLIP_ID_FIELDS + ("status", "reason", "error")
-BLOB_COLUMNS = tuple(f.name for f in CACHE_SCHEMA if f.type in (pa.binary(), _blob_list))
-
+StoredRow = Union[CacheRow, Mapping[str, Any]]  # what the readers take: a CacheRow, or the row dict pyarrow gives
 
 # ---------------------------------------------------------------------------------------------
 # Blobs
@@ -110,14 +64,15 @@ def decode_blob(data: bytes, dtype: np.dtype, shape: Sequence[int], name: str = 
 class TeacherClip:
     """A clip and the teacher's outputs on it, before packing (what the cache actors produce).
 
-    ids: clip_id, video_id, uri, key_index, current_indices, offsets (as in the clip stage's rows).
+    ids: which clip (its clip row's ids).
+    height, width: H, W of the frames, pixels; scale: stored frame pixels / original video pixels.
     key_jpeg, current_jpegs: the stored frames; the outputs were computed on their decoded pixels.
     key_features: (C, h, w) the key frame's features, or None when a current frame is the key
         frame (offset 0): then that frame's features serve.
     current_targets: one ImageTargets per current frame, in ``current_indices`` order.
     """
 
-    ids: dict[str, Any]
+    ids: ClipIds
     height: int
     width: int
     scale: float
@@ -143,19 +98,20 @@ def _soft(values: torch.Tensor, precision: str, name: str) -> np.ndarray:
     return array
 
 
-def pack_clip_row(clip: TeacherClip, info: CacheInfo) -> dict[str, Any]:
-    """The :data:`CACHE_SCHEMA` row of a clip with its teacher outputs, stored as ``info`` says.
+def pack_clip_row(clip: TeacherClip, info: CacheInfo) -> CacheRow:
+    """The cache row of a clip with its teacher outputs, stored as ``info`` says.
 
     Raises ValueError when an output is non-finite or does not fit the storage precision (the
     caller records the clip as failed with REASON_NON_FINITE).
     """
     precision, soft = info.feature_precision, info.soft_target_precision
-    source = key_from_current(clip.ids["offsets"])
+    ids = clip.ids
+    source = key_from_current(ids.offsets)
     features_of = [quantize_features(t.features, precision) for t in clip.current_targets]
     if source >= 0:
         key_values, key_scales = None, None
     elif clip.key_features is None:
-        raise ValueError(f"clip {clip.ids['clip_id']}: no key features and no current frame at offset 0")
+        raise ValueError(f"clip {ids.clip_id}: no key features and no current frame at offset 0")
     else:
         key_values, key_scales = quantize_features(clip.key_features, precision)
     height_width = (clip.current_targets[0].features if clip.current_targets else clip.key_features).shape[-2:]
@@ -164,10 +120,13 @@ def pack_clip_row(clip: TeacherClip, info: CacheInfo) -> dict[str, Any]:
         return b"" if scales is None else encode_blob(scales)
 
     targets = clip.current_targets
-    return dict(
-        {name: clip.ids[name] for name in ("clip_id", "video_id", "uri", "key_index")},
-        current_indices=[int(i) for i in clip.ids["current_indices"]],
-        offsets=[int(d) for d in clip.ids["offsets"]],
+    return CacheRow(
+        clip_id=ids.clip_id,
+        video_id=ids.video_id,
+        uri=ids.uri,
+        key_index=ids.key_index,
+        current_indices=[int(i) for i in ids.current_indices],
+        offsets=[int(d) for d in ids.offsets],
         status=STATUS_OK,
         reason="",
         error="",
@@ -192,33 +151,16 @@ def pack_clip_row(clip: TeacherClip, info: CacheInfo) -> dict[str, Any]:
     )
 
 
-def failed_clip_row(ids: dict[str, Any], reason: str, error: str) -> dict[str, Any]:
-    """The row of a clip that has no teacher outputs (decode or teacher failure)."""
-    row: dict[str, Any] = {name: None for name in CACHE_SCHEMA.names}
-    row.update({name: ids.get(name) for name in ID_COLUMNS if name in ids})
-    row.update(
-        current_indices=[int(i) for i in ids.get("current_indices") or []],
-        offsets=[int(d) for d in ids.get("offsets") or []],
-        status=STATUS_ERROR,
-        reason=reason,
-        error=error,
-        height=0,
-        width=0,
-        scale=0.0,
-        feature_height=0,
-        feature_width=0,
-        key_from_current=-1,
-    )
-    for name in BLOB_COLUMNS:
-        row[name] = [] if CACHE_SCHEMA.field(name).type == _blob_list else b""
-    row["num_rois"] = []
-    return row
+def failed_clip_row(ids: Union[ClipIds, Mapping[str, Any]], reason: str, error: str) -> CacheRow:
+    """The row of a clip that has no teacher outputs (decode or teacher failure): ``ids`` are
+    ClipIds or a row dict holding them (a name it lacks is stored as null; lists as empty)."""
+    return CacheRow.failed(ClipIds.of(ids), reason, error)
 
 
-def cache_table(rows: list[dict[str, Any]], info: CacheInfo) -> pa.Table:
+def cache_table(rows: Sequence[CacheRow], info: CacheInfo) -> pa.Table:
     """Rows → a :data:`CACHE_SCHEMA` table whose schema metadata holds ``info`` (self-describing)."""
     schema = CACHE_SCHEMA.with_metadata({PARQUET_METADATA_KEY: info.to_json().encode("utf-8")})
-    return pa.Table.from_pylist(rows, schema=schema)
+    return CacheRow.to_arrow(rows, schema=schema)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +191,7 @@ class BlobLayout:
         return decode_blob(data, STORAGE_DTYPES[self.soft_target_precision], shape, name).astype(np.float32)
 
 
-def key_features_of(row: dict[str, Any], layout: BlobLayout) -> np.ndarray:
+def key_features_of(row: StoredRow, layout: BlobLayout) -> np.ndarray:
     """(C, h, w) float32 features of an "ok" row's key frame."""
     source = int(row["key_from_current"])
     if source >= 0:
@@ -257,7 +199,7 @@ def key_features_of(row: dict[str, Any], layout: BlobLayout) -> np.ndarray:
     return layout.features(row["key_features"], row["key_feature_scales"], row["feature_height"], row["feature_width"], f"clip {row['clip_id']} key_features")
 
 
-def current_features_of(row: dict[str, Any], j: int, layout: BlobLayout) -> np.ndarray:
+def current_features_of(row: StoredRow, j: int, layout: BlobLayout) -> np.ndarray:
     """(C, h, w) float32 features of current frame ``j`` of an "ok" row."""
     return layout.features(
         row["current_features"][j], row["current_feature_scales"][j], row["feature_height"], row["feature_width"], f"clip {row['clip_id']} current_features[{j}]"
@@ -267,7 +209,7 @@ def current_features_of(row: dict[str, Any], j: int, layout: BlobLayout) -> np.n
 SOFT_TARGETS = ("rpn_cls_logits", "rpn_deltas", "rois", "cls_logits", "box_deltas")
 
 
-def soft_target_of(row: dict[str, Any], j: int, layout: BlobLayout, name: str) -> np.ndarray:
+def soft_target_of(row: StoredRow, j: int, layout: BlobLayout, name: str) -> np.ndarray:
     """One soft target (a name of SOFT_TARGETS) of current frame ``j`` of an "ok" row, float32:
     rpn_cls_logits (2A, h, w), rpn_deltas (4A, h, w), rois (R, 4), cls_logits (R, K + 1), box_deltas (R, 8)."""
     h, w, a, r = int(row["feature_height"]), int(row["feature_width"]), layout.num_anchors, int(row["num_rois"][j])
@@ -278,12 +220,12 @@ def soft_target_of(row: dict[str, Any], j: int, layout: BlobLayout, name: str) -
     return layout.soft(row[name][j], shapes[name], where)
 
 
-def soft_targets_of(row: dict[str, Any], j: int, layout: BlobLayout) -> dict[str, np.ndarray]:
+def soft_targets_of(row: StoredRow, j: int, layout: BlobLayout) -> dict[str, np.ndarray]:
     """Every soft target of current frame ``j`` (see :func:`soft_target_of`)."""
     return {name: soft_target_of(row, j, layout, name) for name in SOFT_TARGETS}
 
 
-def image_targets_of(row: dict[str, Any], j: int, layout: BlobLayout) -> ImageTargets:
+def image_targets_of(row: StoredRow, j: int, layout: BlobLayout) -> ImageTargets:
     """Current frame ``j``'s stored teacher outputs as an ImageTargets (float32 torch tensors)."""
     soft = soft_targets_of(row, j, layout)
     return ImageTargets(features=torch.from_numpy(current_features_of(row, j, layout)), **{k: torch.from_numpy(v) for k, v in soft.items()})

@@ -16,7 +16,6 @@ import functools
 import json
 import posixpath
 import subprocess
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -24,6 +23,7 @@ from typing import Any, Optional
 import pyarrow.fs as pafs
 
 import semidff
+from semidff.atomic import write_to_filesystem_atomically
 from semidff.cache.jpeg import JPEG_SUBSAMPLING
 from semidff.cache.quantize import check_precision
 
@@ -238,10 +238,7 @@ def write_cache_info(info: CacheInfo, cache_dir: str) -> None:
     """Write ``cache_info.json`` (temporary name, then rename)."""
     filesystem, base = cache_location(cache_dir)
     filesystem.create_dir(base, recursive=True)
-    temporary = posixpath.join(base, f"_tmp-{uuid.uuid4().hex[:12]}-{INFO_FILE}")
-    with filesystem.open_output_stream(temporary) as stream:
-        stream.write(info.to_json().encode("utf-8"))
-    filesystem.move(temporary, posixpath.join(base, INFO_FILE))
+    write_to_filesystem_atomically(filesystem, posixpath.join(base, INFO_FILE), info.to_json().encode("utf-8"))
 
 
 def read_cache_info(cache_dir: str) -> CacheInfo:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Union
 
 import numpy as np
 import torch
@@ -22,24 +22,31 @@ import torch
 from semidff.cache.format import REASON_TEACHER_FAILED, TeacherClip, key_from_current
 from semidff.models.rfcn import RFCN, RFCNOutput
 from semidff.preprocess import normalize_frames
+from semidff.rows import ClipIds, PreparedClipRow
 from semidff.teacher_targets import split_targets
 
 
 @dataclass
 class PreparedClip:
-    """A decoded clip ready for the teacher.
+    """A decoded clip ready for the teacher (:meth:`from_row`: of an ok PreparedClipRow).
 
-    ids: clip_id, video_id, uri, key_index, current_indices, offsets.
+    ids: which clip (clip_id, video_id, uri, key_index, current_indices, offsets).
     key_frame: (H, W, 3) uint8 and current_frames: (m, H, W, 3) uint8, the *decoded JPEG* frames.
     key_jpeg, current_jpegs: the JPEG bytes they were decoded from. scale: stored / original pixels.
     """
 
-    ids: dict[str, Any]
+    ids: ClipIds
     key_frame: np.ndarray
     current_frames: np.ndarray
     key_jpeg: bytes
     current_jpegs: list[bytes]
     scale: float
+
+    @classmethod
+    def from_row(cls, row: PreparedClipRow) -> "PreparedClip":
+        """The clip of an "ok" prepared row (frames: views of the row's bytes, :meth:`ClipRow.frames`)."""
+        frames = row.frames()
+        return cls(row.ids, frames.key_frame, frames.current_frames, row.key_jpeg, list(row.current_jpegs), frames.scale)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -79,7 +86,7 @@ def run_teacher_on_clips(
                         outputs += _forward([clips[i]], teacher, device, autocast)
                     except Exception as exc:  # noqa: BLE001 - any failure of one clip is recorded, the run goes on
                         _release_cuda_memory(device)
-                        outputs.append(ClipError(REASON_TEACHER_FAILED, f"clip {clips[i].ids['clip_id']}: teacher forward failed: {type(exc).__name__}: {exc}"))
+                        outputs.append(ClipError(REASON_TEACHER_FAILED, f"clip {clips[i].ids.clip_id}: teacher forward failed: {type(exc).__name__}: {exc}"))
             for i, output in zip(chunk, outputs):
                 results[i] = output
     return results  # type: ignore[return-value]
@@ -91,13 +98,13 @@ def _forward(clips: list[PreparedClip], teacher: RFCN, device: torch.device, aut
     current_frames: list[np.ndarray] = []
     for clip in clips:
         slots, seen = [], {}
-        for j, index in enumerate(clip.ids["current_indices"]):
+        for j, index in enumerate(clip.ids.current_indices):
             if int(index) not in seen:  # a clip repeats a frame when fewer offsets fit than it asked for
                 seen[int(index)] = len(current_frames)
                 current_frames.append(clip.current_frames[j])
             slots.append(seen[int(index)])
         current_slots.append(slots)
-    key_rows = [i for i, clip in enumerate(clips) if key_from_current(clip.ids["offsets"]) < 0]
+    key_rows = [i for i, clip in enumerate(clips) if key_from_current(clip.ids.offsets) < 0]
     amp = torch.autocast("cuda", dtype=torch.float16) if autocast and device.type == "cuda" else contextlib.nullcontext()
     with torch.inference_mode(), amp:
         output = teacher(normalize_frames(np.stack(current_frames), device))

@@ -68,6 +68,7 @@ from typing import Annotated, Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
+from semidff.atomic import write_text_atomically
 from semidff.data.records import FrameAnnotation, LabeledDataset, LabeledVideo, ObjectAnnotation
 from semidff.video.probe import is_local, normalize_uri
 
@@ -460,12 +461,5 @@ def write_custom_dataset(dataset: LabeledDataset, path: str | Path) -> Path:
         f'{{\n  "format": {json.dumps(FORMAT)},\n  "categories": {items(categories)},\n'
         f'  "videos": {items(videos)},\n  "annotations": {items(annotations)}\n}}\n'
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temp.write_text(text, encoding="utf-8")
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, text)
     return path

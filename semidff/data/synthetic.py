@@ -27,7 +27,6 @@ what was drawn), and with the same PyAV/FFmpeg build the files are byte-identica
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Iterable, Iterator, Optional
 import av
 import numpy as np
 
+from semidff.atomic import atomic_path
 from semidff.data.custom_format import write_custom_dataset
 from semidff.data.records import FrameAnnotation, LabeledDataset, LabeledVideo, ObjectAnnotation
 from semidff.video.probe import normalize_uri
@@ -278,9 +278,8 @@ def encode_video(
     every ``gop`` frames (no scene-cut keyframes), as the decode benchmark needs; crf: libx264 quality.
     """
     path = Path(path)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     rate = Fraction(fps).limit_denominator(1001)
-    try:
+    with atomic_path(path) as temp:
         with av.open(str(temp), mode="w", format=_container_for(path)) as container:
             stream = None
             for frame in frames:
@@ -301,10 +300,6 @@ def encode_video(
                 raise ValueError(f"{path}: no frames to encode")
             for packet in stream.encode(None):
                 container.mux(packet)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from semidff.atomic import atomic_path
 from semidff.evaluation.run import ModeResult
 from semidff.evaluation.vid_map import MOTION_BUCKETS, FramePrediction
 
@@ -188,10 +188,8 @@ def write_coco_predictions(path: str | Path, predictions: Sequence[FramePredicti
     """Write detections as a COCO results list (module docstring), one detection per line,
     atomically (a temporary file, then a rename). category_ids[label - 1] is label's id."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     first = True
-    try:
+    with atomic_path(path) as temporary:
         with open(temporary, "w", encoding="utf-8") as handle:
             handle.write("[")
             for prediction in predictions:
@@ -206,10 +204,6 @@ def write_coco_predictions(path: str | Path, predictions: Sequence[FramePredicti
                     handle.write(("\n" if first else ",\n") + json.dumps(record))
                     first = False
             handle.write("\n]\n")
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
     return path
 
 

@@ -1,7 +1,8 @@
 """Feature-regression losses for the temporal module (Eq. 4 and the Table 3b ablations).
 
-Stage 1 of Semi-DFF regresses the flow-propagated feature onto the teacher's feature of the
-current frame: the mean over all N·C·h·w elements of the squared difference (dff-facts §3.2).
+Step A of stage 2 regresses the flow-propagated feature onto the teacher's feature of the
+current frame: the mean over all N·C·h·w elements of the squared difference (the official code's
+normalisation).
 """
 from __future__ import annotations
 

@@ -1,34 +1,46 @@
-"""The stage 2 training step of Semi-DFF (paper §3.4, dff-facts §3.2), top to bottom in one place.
+"""The stage 2 training step of Semi-DFF (paper §3.4), top to bottom in one place: the student,
+what a step optimises, its losses, and the optimiser step.
 
-    objective = FlowObjective.from_config(cfg, "regression")        # step A; "semantic" = step B
-    losses = train_step(model, optimizer, micro_batches, objective)  # one optimiser step
-    error = regression_error_vs_copy(student, validation_batches)   # the validation number
+    teacher = build_teacher(load_model_checkpoint("teacher.pt", "teacher"))
+    student = build_student(teacher, cfg.model, finetune="flow_heads")   # teacher is frozen in place
+    params = student.set_step("regression")                           # step A: the propagator only
+    objective = FlowObjective.from_config(cfg, "regression")          # step A; "semantic" = step B
+    losses = train_step(student, optimizer, micro_batches, objective)  # one optimiser step
+    error = regression_error_vs_copy(student, validation_batches)     # the validation number
+
+The student R-FCN's RPN and PS heads start as copies of the teacher's (the official code merges
+the teacher's weights under ``teacher_`` and plain names). Its feature extractor is the teacher's
+own module, shared and frozen, unless ``finetune="flow_spatial"``: then the student has its own copy,
+which trains in step B (Table 3e "temporal + spatial module"), its frozen stages (DFF: conv1 and
+res2) excepted, and the key features are recomputed from the key frames with it.
 
 A step: key-frame features → propagate them to the current frame (Eq. 1) → the feature
 regression loss against the teacher's current-frame features (Eq. 4, or L1, or the steady-feature
 triplet loss of Table 3b) and/or the student's task heads on the propagated features, pooled on
 the teacher's RoIs, distilled from the teacher's outputs (Eq. 5-9); ``joint`` weighs both (Table 3f).
+``Student.forward(batch, objective)`` returns these losses, so a DDP wrapper of the student
+synchronises their gradients.
 
 Pairs with d = 0 (the key frame itself, drawn by the semantic step's offsets [0, ΔT - 1]) keep
-the key features unwarped, as DFF's ``eq_flag`` does (dff-facts §1.6): the heads still learn
-from them, the flow net gets no gradient from them.
+the key features unwarped, as DFF's ``eq_flag`` does: the heads still learn from them, the flow
+net gets no gradient from them.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Literal
+from typing import Iterable, Literal
 
 import torch
 from torch import nn
 
-from semidff.config import Config, ConfigError, FlowTrainingConfig
+from semidff.config import Config, ConfigError, FlowTrainingConfig, ModelConfig
+from semidff.models.build import build_propagator
+from semidff.models.rfcn import RFCN
 from semidff.losses.regression import feature_regression_loss, steady_feature_loss
 from semidff.losses.semantic import joint_loss, semantic_loss
 from semidff.teacher_targets import PairBatch
-
-if TYPE_CHECKING:  # the student calls this module; annotations only
-    from semidff.training.student import Student
 
 StepKind = Literal["regression", "semantic", "joint"]
 STEP_KINDS: tuple[str, ...] = ("regression", "semantic", "joint")
@@ -175,7 +187,132 @@ class FlowLosses:
         return {name: float(getattr(self, name).detach()) for name in LOSS_TERMS}
 
 
-def propagate_key_features(student: "Student", batch: PairBatch, own_key_features: bool) -> tuple[torch.Tensor, torch.Tensor]:
+# ---------------------------------------------------------------------------------------------
+# The student: a temporal module and a copy of the teacher's R-FCN (paper §3.4)
+
+
+Finetune = Literal["flow", "flow_heads", "flow_spatial"]
+FINETUNE_CHOICES: tuple[str, ...] = ("flow", "flow_heads", "flow_spatial")
+
+
+class Student(nn.Module):
+    """Temporal module + student R-FCN; ``forward(batch, objective)`` is the training step's losses.
+
+    rfcn: the student R-FCN (teacher extractor, shared, or an own copy; heads copied from the teacher).
+    propagator: FlowNetS + scale field (Eq. 1) or the residual predictor (Table 3a).
+    finetune: what trains besides the propagator outside step A: "flow" nothing, "flow_heads"
+        the RPN and PS heads (paper default), "flow_spatial" the heads and the own extractor.
+    """
+
+    def __init__(self, rfcn: RFCN, propagator: nn.Module, finetune: Finetune = "flow_heads"):
+        super().__init__()
+        if finetune not in FINETUNE_CHOICES:
+            raise ValueError(f"finetune={finetune!r}: must be one of {FINETUNE_CHOICES}")
+        self.rfcn = rfcn
+        self.propagator = propagator
+        self.finetune = finetune
+        self.step: StepKind | None = None
+
+    @property
+    def owns_feature_extractor(self) -> bool:
+        """Whether the key features come from the student's own (trainable) extractor."""
+        return self.finetune == "flow_spatial"
+
+    def trainable_modules(self, step: StepKind) -> dict[str, nn.Module]:
+        """The modules that train in ``step``: step A ("regression") the propagator only; step B
+        ("semantic") and "joint" also the heads / the extractor, as ``finetune`` says."""
+        if step not in STEP_KINDS:
+            raise ValueError(f"step={step!r}: must be one of {STEP_KINDS}")
+        modules: dict[str, nn.Module] = {"propagator": self.propagator}
+        if step != "regression" and self.finetune in ("flow_heads", "flow_spatial"):
+            modules |= {"rpn_head": self.rfcn.rpn_head, "ps_roi_head": self.rfcn.ps_roi_head}
+        if step != "regression" and self.finetune == "flow_spatial":
+            modules["feature_extractor"] = self.rfcn.feature_extractor
+        return modules
+
+    def set_step(self, step: StepKind) -> list[nn.Parameter]:
+        """Switch ``requires_grad`` for ``step`` and return the parameters that train, in a fixed order.
+
+        The backbone's frozen stages (``model.backbone.frozen_stages``) stay frozen even when the
+        extractor trains; train/eval modes follow (a frozen extractor stays in eval mode).
+        """
+        modules = self.trainable_modules(step)
+        self.requires_grad_(False)
+        for module in modules.values():
+            module.requires_grad_(True)
+        for frozen in _frozen_backbone_modules(self.rfcn.feature_extractor):
+            frozen.requires_grad_(False)
+        self.step = step
+        self.train(self.training)
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def train(self, mode: bool = True) -> "Student":
+        """Train/eval mode; the feature extractor is in train mode only while it trains."""
+        super().train(mode)
+        extractor_trains = self.step is not None and "feature_extractor" in self.trainable_modules(self.step)
+        self.rfcn.feature_extractor.train(mode and extractor_trains)
+        return self
+
+    def forward(self, batch: PairBatch, objective: FlowObjective) -> FlowLosses:
+        """The step's losses on one same-size batch (:func:`flow_losses`)."""
+        return flow_losses(self, batch, objective)
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights that can differ from the teacher's: propagator, heads, and an own extractor.
+
+        The shared teacher extractor is left out (it is in the teacher checkpoint), which keeps the
+        periodic training checkpoints small.
+        """
+        skip = () if self.owns_feature_extractor else ("rfcn.feature_extractor.",)
+        return {name: tensor for name, tensor in self.state_dict().items() if not name.startswith(skip)}
+
+    def load_trained_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`trained_state_dict`: every key it writes must be there, and no other."""
+        expected = set(self.trained_state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(
+                f"student weights do not fit this student (finetune={self.finetune}, "
+                f"predictor={type(self.propagator).__name__}): missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+        self.load_state_dict(state, strict=False)
+
+
+def build_student(teacher: RFCN, model_cfg: ModelConfig, finetune: Finetune = "flow_heads") -> Student:
+    """A Student for ``teacher`` (which is frozen in place: no gradients, eval mode).
+
+    The propagator is new, N(0, model.flownet.init_std) (paper §3.5; the scale field starts at 1),
+    built by ``model.predictor``; the heads are copies of the teacher's; the extractor is the
+    teacher's own module unless finetune == "flow_spatial" (then a copy).
+    """
+    if finetune not in FINETUNE_CHOICES:
+        raise ValueError(f"finetune={finetune!r}: must be one of {FINETUNE_CHOICES}")
+    if teacher.feature_channels != model_cfg.feature_channels:
+        raise ValueError(
+            f"teacher features have {teacher.feature_channels} channels but model.feature_channels="
+            f"{model_cfg.feature_channels}; use the teacher checkpoint's model config"
+        )
+    teacher.requires_grad_(False).eval()
+    shared = {} if finetune == "flow_spatial" else {id(teacher.feature_extractor): teacher.feature_extractor}
+    rfcn = copy.deepcopy(teacher, memo=shared)  # the memo hands back the teacher's extractor itself
+    device = next(teacher.parameters()).device
+    student = Student(rfcn, build_propagator(model_cfg).to(device), finetune)
+    student.set_step("regression")
+    return student
+
+
+def _frozen_backbone_modules(feature_extractor: nn.Module) -> list[nn.Module]:
+    """The backbone stages that ``model.backbone.frozen_stages`` keeps frozen (none for other extractors)."""
+    backbone = getattr(feature_extractor, "backbone", None)
+    frozen = getattr(backbone, "_frozen_modules", None)
+    return list(frozen()) if callable(frozen) else []
+
+
+# ---------------------------------------------------------------------------------------------
+# The losses of one batch (Student.forward)
+
+
+def propagate_key_features(student: Student, batch: PairBatch, own_key_features: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(key features f_k, propagated features f̂_p), both (N, C, h, w).
 
     f_k: the teacher's cached key features, or the student's own extractor on the key frames.
@@ -188,7 +325,7 @@ def propagate_key_features(student: "Student", batch: PairBatch, own_key_feature
     return key_features, torch.where(is_key_frame, key_features, propagated)
 
 
-def flow_losses(student: "Student", batch: PairBatch, objective: FlowObjective) -> FlowLosses:
+def flow_losses(student: Student, batch: PairBatch, objective: FlowObjective) -> FlowLosses:
     """The losses of one same-size batch of pairs (what ``Student.forward`` returns).
 
     batch: key/current images (N, 3, H, W), the teacher's key features (N, C, h, w) and its
@@ -297,7 +434,7 @@ def train_step(
 
 
 @torch.no_grad()
-def regression_error_terms(student: "Student", batch: PairBatch) -> tuple[float, float]:
+def regression_error_terms(student: Student, batch: PairBatch) -> tuple[float, float]:
     """(Σ ||f̂_p - f_p||², Σ ||f_k - f_p||²) over the batch: the propagated error and the copy error.
 
     f_k: the key features the student's detector would warp (its own extractor's when it has one).
@@ -307,7 +444,7 @@ def regression_error_terms(student: "Student", batch: PairBatch) -> tuple[float,
     return float((propagated.float() - target).pow(2).sum()), float((key_features.float() - target).pow(2).sum())
 
 
-def regression_error_vs_copy(student: "Student", batches: Iterable[PairBatch]) -> float:
+def regression_error_vs_copy(student: Student, batches: Iterable[PairBatch]) -> float:
     """||f̂ - f_cur||² / ||f_key - f_cur||², each summed over all pairs of ``batches``.
 
     1.0: as good as reusing the key features (DFF's "copy"); below 1: propagation helps.

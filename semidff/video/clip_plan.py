@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import hashlib
+import json
 import math
 from typing import Any, Iterable, Optional, Sequence, Union
 
@@ -36,6 +37,9 @@ import numpy as np
 DEFAULT_KEY_FRAMES_PER_SECOND = 1.0
 REGRESSION_OFFSETS = (1, 9)  # Stage 1: key = cur + offset, offset in [-9, -1] (dff-facts §3.2)
 SEMANTIC_OFFSETS = (0, 9)  # Stage 2: offset in [-9, 0]; d = 0 pairs the key with itself
+WHOLE_VIDEO = -1  # key_index of the one row that stands for a video without clips (cannot be opened or planned, or too short)
+REASON_CANNOT_PLAN = "cannot plan"  # e.g. no frame rate for key_frames_per_second
+REASON_TOO_SHORT = "too short"  # fewer frames than the smallest offset needs: the plan has no clip for it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,10 +134,96 @@ def plan_clips(
         offsets = tuple(sorted(int(d) for d in _draw_offsets(rng, fitting, currents_per_key)))
         current = tuple(key + d for d in offsets)
         clips.append(ClipSpec(f"{video_id}:{key}", video_id, uri, key, current, offsets))
-    if keyframes is not None:
-        costs = _decoding_per_clip(clips, keyframes)
-        clips = [dataclasses.replace(clip, frames_decoded=cost) for clip, cost in zip(clips, costs)]
-    return clips
+    return with_decoding_cost(clips, keyframes, video_id) if keyframes is not None else clips
+
+
+def with_decoding_cost(clips: Sequence[ClipSpec], codec_keyframes: Sequence[int], video_id: str = "") -> list[ClipSpec]:
+    """The clips (one video's plan, in key-frame order) with ``frames_decoded`` set from the
+    video's codec keyframes, as :func:`plan_clips` sets it when it gets them: what each clip adds
+    to one ascending read of all the clips' frames. Raises ValueError for a negative keyframe."""
+    costs = _decoding_per_clip(clips, _check_keyframes(codec_keyframes, video_id))
+    return [dataclasses.replace(clip, frames_decoded=cost) for clip, cost in zip(clips, costs)]
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoPlan:
+    """One video's planned clips, or why it has none: what the clip stage decodes for it.
+
+    clips: in key-frame order (``frames_decoded`` set only when the codec keyframes were known).
+    reason, error: when there is no clip, REASON_CANNOT_PLAN or REASON_TOO_SHORT and a message
+        naming the file and the fix; "" otherwise. Such a video gives one row, ``f"{video_id}:-1"``.
+    """
+
+    video_id: str
+    uri: str
+    num_frames: Optional[int]
+    clips: tuple[ClipSpec, ...]
+    reason: str = ""
+    error: str = ""
+
+    @property
+    def clip_ids(self) -> list[str]:
+        """The ids of the rows the video gives: its clips', or the one whole-video row."""
+        return [clip.clip_id for clip in self.clips] or [f"{self.video_id}:{WHOLE_VIDEO}"]
+
+    def with_codec_keyframes(self, codec_keyframes: Sequence[int]) -> "VideoPlan":
+        """The same clips with their decoding cost (:func:`with_decoding_cost`); a plan without
+        clips as it is; a negative keyframe: no clips, reason REASON_CANNOT_PLAN."""
+        if not self.clips:
+            return self
+        try:
+            return dataclasses.replace(self, clips=tuple(with_decoding_cost(self.clips, codec_keyframes, self.video_id)))
+        except ValueError as exc:
+            return dataclasses.replace(self, clips=(), reason=REASON_CANNOT_PLAN, error=f"{self.uri}: {exc}")
+
+    def to_json(self) -> str:
+        """The plan as compact JSON text (how it travels to a decode task, as one string column):
+        the video's fields once, then [clip_id, key_index, current_indices, offsets, frames_decoded]
+        per clip (a clip's video_id and uri are the plan's)."""
+        clips = [[c.clip_id, c.key_index, list(c.current_indices), list(c.offsets), c.frames_decoded] for c in self.clips]
+        fields = dict(video_id=self.video_id, uri=self.uri, num_frames=self.num_frames, reason=self.reason, error=self.error, clips=clips)
+        return json.dumps(fields, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "VideoPlan":
+        data = json.loads(text)
+        video_id, uri = data["video_id"], data["uri"]
+        clips = tuple(ClipSpec(clip_id, video_id, uri, key, tuple(current), tuple(offsets), cost) for clip_id, key, current, offsets, cost in data.pop("clips"))
+        return cls(clips=clips, **data)
+
+
+def plan_video(video: Any, *, codec_keyframes: Optional[Sequence[int]] = None, **plan_args: Any) -> VideoPlan:
+    """The :class:`VideoPlan` of one video (a manifest row or dict): :func:`plan_clips` with
+    ``plan_args``, and when it gives no clip or raises ValueError, why (REASON_TOO_SHORT when the
+    video has fewer frames than the smallest offset needs, REASON_CANNOT_PLAN otherwise)."""
+    get = video.get if isinstance(video, dict) else lambda name: getattr(video, name, None)
+    video_id, uri, num_frames = get("video_id"), get("uri"), get("num_frames")
+    try:
+        clips = plan_clips(video, codec_keyframes=codec_keyframes, **plan_args)
+    except ValueError as exc:
+        return VideoPlan(video_id, uri, num_frames, (), REASON_CANNOT_PLAN, f"{uri}: {exc}")
+    if clips:
+        return VideoPlan(video_id, uri, num_frames, tuple(clips))
+    lo, hi = plan_args.get("offset_range", REGRESSION_OFFSETS)
+    if num_frames - 1 - lo < 0:
+        return VideoPlan(
+            video_id,
+            uri,
+            num_frames,
+            (),
+            REASON_TOO_SHORT,
+            f"{uri}: {num_frames} frame(s), too few for a current frame at offset d >= {lo} "
+            f"(clips.offset_range=[{lo}, {hi}]), so it gives no clip; nothing is wrong with the file",
+        )
+    return VideoPlan(
+        video_id,
+        uri,
+        num_frames,
+        (),
+        REASON_CANNOT_PLAN,
+        f"{uri}: no codec keyframe leaves room for a current frame at offset d >= {lo} "
+        "(clips.align_to_codec_keyframes=true), so it gives no clip; set it to false to plan keys anywhere",
+    )
 
 
 def frames_decoded_for(frames: Union[ClipSpec, Iterable[int]], codec_keyframes: Sequence[int]) -> int:

@@ -51,13 +51,13 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow.fs as pafs
 
 from semidff.preprocess import resize_frames as resize_uint8_frames
+from semidff.rows import ClipFailure, ClipFrames, ClipResult  # the decoded clip's in-memory forms
 from semidff.video.clip_plan import ClipSpec
 from semidff.video.probe import (
     REASON_CANNOT_OPEN,
@@ -76,36 +76,6 @@ REASON_DECODE_FAILED = "decode failed"  # a frame the clip needs (or one before 
 REASON_FRAME_OUT_OF_RANGE = "frame out of range"  # the file has fewer frames than the plan assumed (changed since the manifest?)
 DECODER_AUTO, DECODER_PYAV, DECODER_DECORD = "auto", "pyav", "decord"
 DECODERS = (DECODER_AUTO, DECODER_PYAV, DECODER_DECORD)
-
-
-@dataclass(frozen=True)
-class ClipFrames:
-    """The decoded frames of one clip, resized; ``clip`` says which frames they are."""
-
-    clip: ClipSpec
-    key_frame: np.ndarray  # (h, w, 3) uint8 RGB
-    current_frames: np.ndarray  # (m, h, w, 3) uint8 RGB, in the order of clip.current_indices
-    scale: float  # resized / original pixels (semidff.preprocess.resized_shape)
-
-    @property
-    def clip_id(self) -> str:
-        return self.clip.clip_id
-
-
-@dataclass(frozen=True)
-class ClipFailure:
-    """A clip that could not be decoded: a short reason (for grouping) and a message naming the file."""
-
-    clip: ClipSpec
-    reason: str
-    error: str
-
-    @property
-    def clip_id(self) -> str:
-        return self.clip.clip_id
-
-
-ClipResult = Union[ClipFrames, ClipFailure]
 
 
 class VideoOpenError(Exception):

@@ -43,11 +43,12 @@ import re
 import shutil
 import stat
 import tempfile
-from dataclasses import asdict, dataclass
 from typing import Iterator, Optional
 
 import numpy as np
 import pyarrow.fs as pafs
+
+from semidff.rows import STATUS_ERROR, STATUS_OK, ManifestRow  # noqa: F401 - STATUS_ERROR: also imported from here
 
 REASON_MISSING = "missing file"
 REASON_READ_ERROR = "read error"
@@ -61,9 +62,6 @@ REASON_TRUNCATED = "truncated"  # shorter than its container's own size fields s
 REASON_CRASHED = "probe crashed"  # set by the pipeline when the probing process dies
 REASON_TIMEOUT = "timeout"  # set by the pipeline when a probe runs past its time limit (a hung decoder)
 
-STATUS_OK = "ok"
-STATUS_ERROR = "error"
-
 
 def _ffmpeg_error_tag(a: int, b: str, c: str, d: str) -> int:
     """FFmpeg's FFERRTAG: the negative error code decord prints in its check messages."""
@@ -74,34 +72,7 @@ _AVERROR_STREAM_NOT_FOUND = _ffmpeg_error_tag(0xF8, "S", "T", "R")
 _AVERROR_DECODER_NOT_FOUND = _ffmpeg_error_tag(0xF8, "D", "E", "C")
 
 
-@dataclass(frozen=True)
-class VideoInfo:
-    """One manifest row. Numbers are None when the file could not be read far enough to know them."""
-
-    video_id: str
-    uri: str
-    size_bytes: Optional[int]
-    num_frames: Optional[int]
-    fps: Optional[float]  # num_frames / duration_s: the mean rate, also for variable frame rate
-    width: Optional[int]
-    height: Optional[int]
-    duration_s: Optional[float]  # end of the last frame minus start of the first, from the container's timestamps
-    variable_frame_rate: Optional[bool]  # frame intervals differ by more than 10 %
-    status: str  # "ok": usable, its first and last frames decode; "error": unusable, see reason and error
-    reason: str = ""  # short category of the problem, one of the REASON_* constants ("" when ok)
-    error: str = ""  # the message naming the file and the fix ("" when ok)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == STATUS_OK
-
-    def to_row(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def failed(cls, video_id: str, uri: str, reason: str, message: str, size_bytes: Optional[int] = None) -> "VideoInfo":
-        """The row of an unusable file: only what is known, the rest None."""
-        return cls(video_id, uri, size_bytes, None, None, None, None, None, None, STATUS_ERROR, reason, message)
+VideoInfo = ManifestRow  # what probe_video returns: one manifest row (semidff.rows.ManifestRow: fields, units, schema)
 
 
 class UnusableVideo(Exception):
@@ -143,7 +114,7 @@ def is_local(uri: str) -> bool:
     return not sep or scheme.lower() == "file"
 
 
-def probe_video(uri: str, filesystem: Optional[pafs.FileSystem] = None) -> VideoInfo:
+def probe_video(uri: str, filesystem: Optional[pafs.FileSystem] = None) -> ManifestRow:
     """Open ``uri`` once with decord and describe it; never raises for a bad file.
 
     filesystem: a pyarrow filesystem to read ``uri`` from (its path in that filesystem, or a

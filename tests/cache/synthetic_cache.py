@@ -22,6 +22,7 @@ from semidff.cache.info import CacheInfo, write_cache_info
 from semidff.cache.jpeg import encode_jpeg
 from semidff.checkpoint import ModelCheckpoint
 from semidff.config import load_config
+from semidff.rows import ClipIds
 from semidff.teacher_targets import ImageTargets
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,7 +74,7 @@ def teacher_clip(
     num_rois = list(num_rois) if num_rois is not None else [6] * len(offsets)
     current = [key_index + int(d) for d in offsets]
     return TeacherClip(
-        ids=dict(clip_id=f"{video_id}:{key_index}", video_id=video_id, uri=f"/videos/{video_id}.mp4", key_index=key_index, current_indices=current, offsets=list(offsets)),
+        ids=ClipIds(clip_id=f"{video_id}:{key_index}", video_id=video_id, uri=f"/videos/{video_id}.mp4", key_index=key_index, current_indices=current, offsets=list(offsets)),
         height=size[0],
         width=size[1],
         scale=0.5,

@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from semidff.cache.files import inspect_cache, list_cache_files, written_clip_ids
 from semidff.cache.info import CacheFileError
-from semidff.cli import app
+from jobs.cli import app
 from tests.cache.synthetic_cache import cache_info, teacher_clip, write_cache
 
 import pytest

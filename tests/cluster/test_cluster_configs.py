@@ -13,14 +13,17 @@ import re
 from pathlib import Path
 
 import pytest
+import typer
 import yaml
 
 import semidff
+from jobs.cli import app
 from jobs.submit import load_runtime_env, parse_stage_command
 from semidff.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
+CLI = typer.main.get_command(app)  # the semidff app, which `semidff submit` checks a stage against
 YAML_FILES = sorted(CLUSTER.rglob("*.yaml"))
 KUBERAY_FILES = sorted((CLUSTER / "kuberay").glob("*.yaml"))
 RAYJOB_FILES = {"rayjob-cache.yaml": "cache", "rayjob-train.yaml": "train", "rayjob-tune.yaml": "tune"}
@@ -236,16 +239,12 @@ def test_rayjob_ends_itself_and_has_limits(file_name, stage):
 
 @pytest.mark.parametrize("file_name, stage", RAYJOB_FILES.items())
 def test_rayjob_entrypoint_is_a_valid_semidff_command_sized_to_its_gpus(file_name, stage):
-    import typer
-
-    from semidff.cli import app
-
     (job,) = load_documents(CLUSTER / "kuberay" / file_name)
     words = job["spec"]["entrypoint"].split()[1:]
     if stage not in typer.main.get_command(app).commands:
         pytest.skip(f"`semidff {stage}` is not in the CLI yet: its entry point is checked once it is")
     local = [word.replace(IMAGE_WORKDIR, str(REPO)) for word in words]  # the image's copy of the config = the repo's
-    command = parse_stage_command(local, REPO, "check")  # options, required paths, config + overrides, as the CLI parses them
+    command = parse_stage_command(local, REPO, "check", CLI)  # options, required paths, config + overrides, as the CLI parses them
     assert command.stage.split()[0] == stage and command.staged_config is None
     config_path = local[local.index("-c") + 1]
     overrides = [w for w in local if "=" in w and not w.startswith("-")]
@@ -288,7 +287,7 @@ def test_readme_submit_examples_are_valid_commands():
     assert len(examples) >= 6
     for words in examples:
         stage_args = [str(REPO / w) if w.startswith("cluster/") else w for w in words[words.index("--") + 1:]]
-        command = parse_stage_command(stage_args, REPO, "readme")
+        command = parse_stage_command(stage_args, REPO, "readme", CLI)
         assert not command.warnings, command.warnings  # every path in them is a cluster path
 
 

@@ -8,7 +8,7 @@ from semidff.data.records import FrameAnnotation, LabeledDataset, LabeledVideo, 
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "semidff.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, timeout=120)
 
 
 def test_clean_file_prints_counts_and_exits_0(tmp_path):

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from jobs.detect import run
 from semidff.checkpoint import save_model_checkpoint
-from semidff.cli import app
+from jobs.cli import app
 from semidff.config import load_config
 from semidff.models.build import build_propagator, build_rfcn
 from semidff.video.decode import open_video

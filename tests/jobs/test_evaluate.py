@@ -3,15 +3,17 @@ save_model_checkpoint, a real MLflow SQLite store in tmp_path; every bad input s
 from tests.video_fixtures import write_video  # noqa: F401  (PyAV before decord, see tests/video_fixtures.py)
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from jobs.evaluate import main, run
+from jobs.cli import app
+from jobs.evaluate import run
 from semidff.checkpoint import ModelCheckpointError, file_sha256, save_model_checkpoint
-from semidff.cli import app
 from semidff.config import ConfigError, load_config
 from semidff.data.synthetic import generate_synthetic_dataset
 from semidff.evaluation.run import EvaluationError
@@ -144,9 +146,11 @@ def test_cli_prints_the_table_and_exits_2_on_bad_input(inputs, tmp_path):
         assert message in result.output, (arguments, result.output)
 
 
-def test_python_m_entry_point_exits_2_with_the_message(inputs, tmp_path, capsys):
+def test_python_m_entry_point_exits_2_with_the_message(inputs, tmp_path):
     _, dataset, teacher, _ = inputs
-    with pytest.raises(SystemExit) as stopped:
-        main(["-c", TINY, f"evaluation.data.path={dataset}", "--teacher", str(teacher), "-o", str(tmp_path / "o"), "--modes", "flow"])
-    assert stopped.value.code == 2
-    assert "needs a flow checkpoint" in capsys.readouterr().err
+    stopped = subprocess.run(
+        [sys.executable, "-m", "jobs.evaluate", "-c", TINY, f"evaluation.data.path={dataset}", "--teacher", str(teacher),
+         "-o", str(tmp_path / "o"), "--modes", "flow"], capture_output=True, text=True, timeout=300,
+    )
+    assert stopped.returncode == 2
+    assert "needs a flow checkpoint" in stopped.stderr

@@ -30,11 +30,13 @@ from typing import Callable, Iterator
 
 import pyarrow.parquet as pq
 import pytest
+import typer
 import yaml
 
 from tests.video_fixtures import write_video  # PyAV before decord
 from tests.teacher_checkpoints import save_random_teacher
 
+from jobs.cli import app
 from jobs.submit import (
     DEFAULT_EXCLUDES,
     STAGING_DIR,
@@ -53,7 +55,8 @@ from semidff.tracking import ARTIFACTS_DIR, OUTPUT_RUN_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SEMIDFF = [str(BIN / "semidff")] if (BIN / "semidff").exists() else [sys.executable, "-m", "semidff.cli"]
+SEMIDFF = [str(BIN / "semidff")] if (BIN / "semidff").exists() else [sys.executable, "-m", "jobs.cli"]
+CLI = typer.main.get_command(app)  # the semidff app, which `semidff submit` checks a stage against
 AUTH_VARIABLES = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
 
 
@@ -123,11 +126,11 @@ def test_stage_command_keeps_a_config_inside_the_working_dir_relative(tmp_path):
     (tmp_path / "experiments").mkdir()
     config = tmp_path / "experiments" / "small.yaml"
     config.write_text("video: {key_interval: 5}\n")
-    command = parse_stage_command(["config", "show", "-c", str(config), "video.mode=copy"], tmp_path, "job-1")
+    command = parse_stage_command(["config", "show", "-c", str(config), "video.mode=copy"], tmp_path, "job-1", CLI)
     assert command.stage == "config show"
     assert command.argv == ["config", "show", "-c", "experiments/small.yaml", "video.mode=copy"]
     assert command.staged_config is None
-    assert command.entrypoint == "python -m semidff.cli config show -c experiments/small.yaml video.mode=copy"
+    assert command.entrypoint == "python -m jobs.cli config show -c experiments/small.yaml video.mode=copy"
 
 
 @pytest.mark.parametrize("spelling", [["-c", "{}"], ["--config", "{}"], ["--config={}"], ["-c{}"]])
@@ -137,7 +140,7 @@ def test_stage_command_stages_a_config_from_outside(tmp_path, spelling):
     config = elsewhere / "gpu.yaml"
     config.write_text("device: cpu\n")
     args = [word.format(config) for word in spelling]
-    command = parse_stage_command(["config", "show", *args], working_dir, "job-2")
+    command = parse_stage_command(["config", "show", *args], working_dir, "job-2", CLI)
     assert command.staged_config.startswith(f"{STAGING_DIR}/job-2-") and command.staged_config.endswith("-gpu.yaml")
     assert command.config_file == config
     assert command.staged_config in " ".join(command.argv) and str(config) not in " ".join(command.argv)
@@ -147,7 +150,7 @@ def test_stage_command_stages_a_config_under_an_excluded_folder(tmp_path):
     (tmp_path / "outputs").mkdir()
     config = tmp_path / "outputs" / "resolved.yaml"
     config.write_text("{}\n")
-    command = parse_stage_command(["config", "show", "-c", str(config)], tmp_path, "job-3")
+    command = parse_stage_command(["config", "show", "-c", str(config)], tmp_path, "job-3", CLI)
     assert command.staged_config is not None  # /outputs is not uploaded, so the file travels by copy
 
 
@@ -167,20 +170,20 @@ def test_stage_command_stages_a_config_under_an_excluded_folder(tmp_path):
 )
 def test_stage_command_is_checked_before_submitting(tmp_path, args, message):
     with pytest.raises(SubmitError, match=message):
-        parse_stage_command(args, tmp_path, "job-4")
+        parse_stage_command(args, tmp_path, "job-4", CLI)
 
 
 def test_stage_command_resolves_nested_commands_as_the_cli_does(tmp_path):
-    command = parse_stage_command(["cache", "/data/manifest", "--teacher", "/data/t.pt", "-o", "/data/cache"], tmp_path, "job-7")
+    command = parse_stage_command(["cache", "/data/manifest", "--teacher", "/data/t.pt", "-o", "/data/cache"], tmp_path, "job-7", CLI)
     assert command.stage == "cache build"  # the cache group reads `cache DIR` as `cache build DIR`
-    assert command.entrypoint == "python -m semidff.cli cache /data/manifest --teacher /data/t.pt -o /data/cache"
-    assert parse_stage_command(["benchmark", "detect", "--frames", "4"], tmp_path, "job-8").stage == "benchmark detect"
+    assert command.entrypoint == "python -m jobs.cli cache /data/manifest --teacher /data/t.pt -o /data/cache"
+    assert parse_stage_command(["benchmark", "detect", "--frames", "4"], tmp_path, "job-8", CLI).stage == "benchmark detect"
 
 
 def test_stage_command_warns_about_relative_outputs(tmp_path):
-    command = parse_stage_command(["manifest", "/data/videos", "-o", "runs/manifest"], tmp_path, "job-5")
+    command = parse_stage_command(["manifest", "/data/videos", "-o", "runs/manifest"], tmp_path, "job-5", CLI)
     assert len(command.warnings) == 1 and "runs/manifest is a relative path" in command.warnings[0]
-    assert not parse_stage_command(["manifest", "/data/videos", "-o", "s3://bucket/manifest"], tmp_path, "job-6").warnings
+    assert not parse_stage_command(["manifest", "/data/videos", "-o", "s3://bucket/manifest"], tmp_path, "job-6", CLI).warnings
 
 
 def test_excludes_match_what_rays_packaging_leaves_out(tmp_path):
@@ -188,7 +191,7 @@ def test_excludes_match_what_rays_packaging_leaves_out(tmp_path):
     from ray._private.runtime_env.packaging import create_package
 
     files = [
-        "semidff/cli.py", "semidff/data/synthetic.py", "jobs/configs/tiny.yaml", "cluster/README.md",
+        "jobs/cli.py", "semidff/data/synthetic.py", "jobs/configs/tiny.yaml", "cluster/README.md",
         "pipelines/__pycache__/manifest.cpython-311.pyc", ".git/HEAD", ".venv/bin/python", "outputs/run/config.yaml",
         "runs/manifest/manifest.parquet", "mlruns/1/meta.yaml", "store/mlflow.db", "data/clip.mp4", "weights/r101.pth",
         "semidff.egg-info/PKG-INFO", "nested/runs/keep.yaml", "ray_results/exp/params.json", "cache/part-0.parquet",
@@ -202,7 +205,7 @@ def test_excludes_match_what_rays_packaging_leaves_out(tmp_path):
     with zipfile.ZipFile(package) as archive:
         uploaded = {name for name in archive.namelist() if not name.endswith("/")}
     assert uploaded == {name for name in files if not is_excluded(name)}
-    assert uploaded == {"semidff/cli.py", "semidff/data/synthetic.py", "jobs/configs/tiny.yaml", "cluster/README.md", "nested/runs/keep.yaml"}
+    assert uploaded == {"jobs/cli.py", "semidff/data/synthetic.py", "jobs/configs/tiny.yaml", "cluster/README.md", "nested/runs/keep.yaml"}
 
 
 def test_runtime_env_file_and_env_pairs_merge(tmp_path):
@@ -223,7 +226,7 @@ def test_shipped_runtime_env_loads():
 
 
 def test_working_dir_must_hold_the_project(tmp_path):
-    with pytest.raises(SubmitError, match="lacks semidff/cli.py, pipelines/__init__.py, jobs/__init__.py"):
+    with pytest.raises(SubmitError, match="lacks semidff/__init__.py, pipelines/__init__.py, jobs/cli.py"):
         check_working_dir(tmp_path)
     assert check_working_dir(REPO) == REPO
 
@@ -414,7 +417,7 @@ def test_chain_of_stages_submitted_and_awaited(head_node):
                          env=head_node.env, cwd=project)
         assert result.returncode == 0, f"{stage.name}:\n{result.stdout}\n{result.stderr}"
         assert f"job {job_id} SUCCEEDED" in result.stderr
-        assert f"Running entrypoint for job {job_id}: python -m semidff.cli {stage.name}" in result.stdout  # the streamed logs
+        assert f"Running entrypoint for job {job_id}: python -m jobs.cli {stage.name}" in result.stdout  # the streamed logs
         stage.check(head_node.root)
 
         status = semidff("job", "status", job_id, "--address", head_node.address, env=head_node.env, cwd=project)

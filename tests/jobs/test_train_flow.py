@@ -22,7 +22,10 @@ from tests.video_fixtures import write_video  # noqa: F401  (PyAV before decord,
 from tests.killed_runs import isolated_ray_env, wait_for_processes_gone
 
 import ray
-from jobs.train_flow import FLOW_FILE, MLFLOW_RUN_FILE, FlowTrainingError, cache_digest, check_inputs, clip_pairs, run
+from jobs.train_flow import FLOW_FILE, MLFLOW_RUN_FILE, run
+from pipelines.cache_dataset import clip_pairs
+from semidff.cache.files import cache_digest
+from semidff.training.flow_inputs import FlowTrainingError, check_inputs
 from semidff.cache.info import CacheInfo, CacheMismatchError, write_cache_info
 from semidff.checkpoint import build_teacher, load_model_checkpoint, save_model_checkpoint
 from semidff.config import ConfigError, load_config
@@ -293,7 +296,7 @@ def test_on_the_fly_pairs_and_losses_equal_the_cached_ones(workspace):
     from pipelines.teacher_cache import prepare_clips
     from semidff.training.flow_batch import pair_batches_from_cache, pair_batches_on_the_fly
     from semidff.training.flow_step import FlowObjective, flow_losses
-    from semidff.training.student import build_student
+    from semidff.training.flow_step import build_student
 
     cfg = workspace["cfg"]
     cached = pair_dataset(workspace["cache"], offset_range=(1, 4)).take_all()
@@ -381,7 +384,7 @@ def test_bad_inputs_are_refused_before_ray_starts(tmp_path):
 
     from typer.testing import CliRunner
 
-    from semidff.cli import app
+    from jobs.cli import app
 
     outcome = CliRunner().invoke(app, ["train", "-c", str(TINY), "--cache", cache, "--teacher", path, "-o", str(tmp_path / "out"),
                                        "video.key_interval=20"])

@@ -124,7 +124,7 @@ def test_unusable_data_stops_before_ray(dataset_json, tmp_path):
 
 def test_cli_reports_a_missing_dataset_with_exit_code_2(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "semidff.cli", "train-teacher", "-o", str(tmp_path / "t"), "-c", str(TINY)],
+        [sys.executable, "-m", "jobs.cli", "train-teacher", "-o", str(tmp_path / "t"), "-c", str(TINY)],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2, result.stderr

@@ -352,7 +352,7 @@ def test_bad_sweeps_stop_before_ray_with_a_clear_error(sweep, tmp_path):
     # The command line says the same with exit code 2.
     from typer.testing import CliRunner
 
-    from semidff.cli import app
+    from jobs.cli import app
 
     reply = CliRunner().invoke(app, ["tune", "--cache", cache, "--teacher", teacher, "-o", str(tmp_path / "d"), "-c", str(sweep["config"]),
                                      "tune.search_space={video.key_intervl: {grid: [3]}}"])

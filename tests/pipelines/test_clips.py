@@ -29,7 +29,7 @@ from pipelines.clips import (
     write_clip_failures,
 )
 from pipelines.manifest import build_manifest, read_manifest_rows
-from semidff.cli import app
+from jobs.cli import app
 from semidff.config import load_config
 from semidff.video.clip_plan import plan_clips
 from semidff.video.decode import REASON_DECODE_FAILED, codec_keyframe_indices, resize_frames

@@ -329,7 +329,7 @@ def test_a_probe_past_its_time_limit_is_killed_and_recorded_as_timeout(tmp_path,
 
 def run_cli(*args):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.run([sys.executable, "-m", "semidff.cli", *args], capture_output=True, text=True, timeout=240, env=env)
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, timeout=240, env=env)
 
 
 @pytest.mark.slow  # starts and stops a Ray of its own: ~9 s here

@@ -9,7 +9,8 @@ import queue
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from pipelines.train_reporting import ProgressReporter, StepMetricLog, write_text_atomically
+from pipelines.train_reporting import ProgressReporter, StepMetricLog
+from semidff.atomic import write_text_atomically
 
 
 def _history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:

@@ -18,7 +18,7 @@ from semidff.training.flow_step import (
     step_offsets,
     train_step,
 )
-from semidff.training.student import build_student
+from semidff.training.flow_step import build_student
 
 
 def _config(*overrides):

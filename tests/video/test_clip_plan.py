@@ -3,7 +3,16 @@ short videos, never an index past the last frame, codec-keyframe alignment and i
 import numpy as np
 import pytest
 
-from semidff.video.clip_plan import SEMANTIC_OFFSETS, ClipSpec, frames_decoded_for, plan_clips
+from semidff.video.clip_plan import (
+    REASON_CANNOT_PLAN,
+    REASON_TOO_SHORT,
+    SEMANTIC_OFFSETS,
+    ClipSpec,
+    VideoPlan,
+    frames_decoded_for,
+    plan_clips,
+    plan_video,
+)
 
 
 def video(num_frames=250, fps=25.0, video_id="v0"):
@@ -155,3 +164,32 @@ def test_frames_decoded_counts_forward_decoding_from_the_last_keyframe():
     assert frames_decoded_for([], keyframes) == 0
     clip = ClipSpec("v:10", "v", "", 10, (13, 13, 11), (1, 3, 3))
     assert frames_decoded_for(clip, keyframes) == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# VideoPlan: planned once (the teacher cache's driver), costed where the file is open (the decode task)
+
+
+def test_a_plan_made_without_keyframes_and_costed_later_equals_the_plan_made_with_them():
+    args = dict(key_frames_per_second=2.0, currents_per_key=2, offset_range=(1, 9), seed=3)
+    keyframes = [0, 30, 60, 90, 120, 150, 180, 210, 240]
+    plan = plan_video(video(), **args)
+    assert plan.reason == "" and all(clip.frames_decoded is None for clip in plan.clips)
+    assert plan.with_codec_keyframes(keyframes).clips == tuple(plan_clips(video(), codec_keyframes=keyframes, **args))
+    assert plan.clip_ids == [clip.clip_id for clip in plan_clips(video(), **args)]
+    assert VideoPlan.from_json(plan.to_json()) == plan
+    costed = plan.with_codec_keyframes(keyframes)
+    assert VideoPlan.from_json(costed.to_json()) == costed
+
+
+def test_a_video_without_clips_says_why_and_stands_as_one_row():
+    short = plan_video(video(num_frames=2), offset_range=(2, 6), key_frames_per_video=3)
+    assert (short.clips, short.reason, short.clip_ids) == ((), REASON_TOO_SHORT, ["v0:-1"])
+    assert "2 frame(s), too few for a current frame at offset d >= 2 (clips.offset_range=[2, 6])" in short.error
+    no_rate = plan_video(video(fps=None), key_frames_per_second=1.0)
+    assert no_rate.reason == REASON_CANNOT_PLAN and no_rate.error.startswith("/videos/v0.mp4: video v0 (/videos/v0.mp4): its frame rate is unknown")
+    aligned = plan_video(video(num_frames=20), offset_range=(1, 9), codec_keyframes=[19], align_to_codec_keyframes=True)
+    assert aligned.reason == REASON_CANNOT_PLAN and "no codec keyframe leaves room" in aligned.error
+    assert VideoPlan.from_json(short.to_json()) == short
+    bad_keyframes = plan_video(video(), key_frames_per_video=2).with_codec_keyframes([-1, 0])
+    assert bad_keyframes.clips == () and bad_keyframes.reason == REASON_CANNOT_PLAN and "negative index" in bad_keyframes.error
