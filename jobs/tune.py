@@ -44,7 +44,6 @@ progress) is ``pipelines/tune_sweep.py``.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -72,7 +71,8 @@ from semidff.atomic import write_text_atomically
 from semidff.cache.info import CacheError
 from semidff.checkpoint import ModelCheckpointError
 from semidff.config import Config, ConfigError
-from semidff.sweep_report import KEY_INTERVAL, TrialRecord, compute_summary, pick_best, plot_sweep, write_trial_tables
+from semidff.sweep_inputs import check_metric, config_digest, config_value, trial_checker
+from semidff.sweep_report import KEY_INTERVAL, TrialRecord, log_sweep_report, pick_best
 from semidff.sweep_space import SearchSpace, apply_values, max_over_corners, parse_search_space
 
 __all__ = ["SweepError", "SweepResult", "param_space", "plan_concurrency", "read_epoch_results", "run", "TIME_ATTR"]
@@ -82,8 +82,6 @@ SWEEP_NAME = "sweep"
 TUNE_DIR = "tune"
 TRIALS_DIR = "trials"
 STATE_FILE = "sweep.json"
-BEST_FILE = "best.json"
-PLOTS_DIR = "plots"
 Progress = Callable[[str], None]
 
 
@@ -120,48 +118,6 @@ class SweepResult:
 # Checks before any cluster time
 
 
-def known_metrics(cfg: Config) -> dict[str, str]:
-    """{metric name: what reports it} for the metrics a trial reports each epoch."""
-    from semidff.training.flow_step import LOSS_TERMS
-
-    metrics = {f"train/{term}": "train_flow (mean over the epoch)" for term in LOSS_TERMS}
-    metrics["train/pairs_per_s_per_worker"] = "train_flow"
-    metrics["val/regression_error_vs_copy"] = "train_flow's validation (training.validation_fraction > 0)"
-    metrics["val/mAP"] = "train_flow's validation mAP at ΔT (evaluation.data.path set)"
-    return metrics
-
-
-def check_metric(cfg: Config) -> None:
-    """The sweep's metric must be one a trial reports with this config."""
-    metric, known = cfg.tune.metric, known_metrics(cfg)
-    if metric not in known:
-        raise ConfigError(f"tune.metric={metric!r} is not reported by a trial; use one of: {', '.join(sorted(known))}")
-    if metric == "val/regression_error_vs_copy" and cfg.training.validation_fraction <= 0:
-        raise ConfigError(f"tune.metric={metric} needs held-out videos: set training.validation_fraction > 0 (e.g. 0.1)")
-    if metric == "val/mAP" and not cfg.evaluation.data.path:
-        raise ConfigError("tune.metric=val/mAP needs labeled validation videos: set evaluation.data.path (and evaluation.data.format)")
-    if metric == "val/mAP" and cfg.tune.mode != "max":
-        raise ConfigError("tune.metric=val/mAP is better when higher: set tune.mode=max")
-
-
-def trial_checker(cache_dir: str, teacher_checkpoint: str) -> Callable[[Config], None]:
-    """A check of one trial's config against the cache and teacher (train_flow's own input
-    checks: schedule, key interval vs. the cache's offsets, teacher architecture), run once per
-    distinct training-relevant setting."""
-    from semidff.training.flow_inputs import check_inputs
-
-    checked: set[str] = set()
-
-    def check(trial_cfg: Config) -> None:
-        relevant = trial_cfg.model_dump(mode="json")
-        key = json.dumps({k: relevant[k] for k in ("model", "preprocess", "video", "training")}, sort_keys=True)
-        if key not in checked:
-            check_inputs(trial_cfg, cache_dir, teacher_checkpoint, None)
-            checked.add(key)
-
-    return check
-
-
 def _read_state(output: Path) -> Optional[dict[str, Any]]:
     """The sweep record (parent run, config digest) of an earlier sweep in ``output``, if any."""
     path = output / TUNE_DIR / STATE_FILE
@@ -169,14 +125,6 @@ def _read_state(output: Path) -> Optional[dict[str, Any]]:
         return json.loads(path.read_text()) if path.is_file() else None
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def _config_digest(cfg: Config) -> str:
-    """The sweep's identity on resume: everything but where it runs and logs."""
-    settings = cfg.model_dump(mode="json")
-    settings.pop("ray", None)
-    settings["mlflow"].pop("tracking_uri", None)
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,14 +153,6 @@ def run_trial(config: dict[str, Any], *, setup: dict[str, Any]) -> None:
         parent_run_id=setup["parent_run_id"],
         callbacks=[EpochResults(trial_dir / RESULTS_FILE, trial_id)],
     )
-
-
-def _config_value(cfg: Config, key: str) -> Any:
-    """The value of a dotted key in ``cfg``."""
-    node: Any = cfg.model_dump(mode="json")
-    for part in key.split("."):
-        node = node[part]
-    return node
 
 
 def _register_best(cfg: Config, best: TrialRecord, teacher_sha256: str) -> Optional[str]:
@@ -285,7 +225,7 @@ def run(
     teacher = load_model_checkpoint(teacher_checkpoint, expected_kind="teacher")
     experiment = output / TUNE_DIR / SWEEP_NAME
     state = _read_state(output)
-    digest = _config_digest(cfg)
+    digest = config_digest(cfg)
     restoring = tune.Tuner.can_restore(str(experiment))
     if restoring and not resume:
         raise SweepError(f"{output} already holds a sweep; rerun without --no-resume to continue it, or use another -o folder")
@@ -314,7 +254,6 @@ def run(
 
 def _run_sweep(cfg: Config, plan: SweepPlan, say: Progress, started: float) -> SweepResult:
     """The part of :func:`run` that holds Ray and the sweep's MLflow run (inputs checked)."""
-    import mlflow
     import ray
     from mlflow import MlflowClient
     from ray import tune
@@ -391,32 +330,12 @@ def _run_sweep(cfg: Config, plan: SweepPlan, say: Progress, started: float) -> S
                 say(f"tune: could not check for leaked placement groups ({type(exc).__name__}: {exc})")
             trials = collect_trials(results, space, setup, tcfg.metric, max_epochs)
 
-            client = MlflowClient(tracking_uri)
-            reconcile_child_runs(client, parent_run_id, parent.info.experiment_id, trials)
+            reconcile_child_runs(MlflowClient(tracking_uri), parent_run_id, parent.info.experiment_id, trials)
             best = pick_best(trials, tcfg.mode)
-            summary = compute_summary(trials)
-            markdown, table = write_trial_tables(trials, space.keys, tcfg.metric, output, best)
-            defaults = {key: _config_value(cfg, key) for key in [*space.keys, KEY_INTERVAL]}
-            plots = plot_sweep(trials, space, defaults, tcfg.metric, tcfg.mode, output / PLOTS_DIR)
             version = _register_best(cfg, best, teacher.sha256) if best else None
-            best_record = {
-                "trial_id": best.trial_id, "values": best.values, "metric": tcfg.metric, "value": best.metric,
-                "status": best.status, "run_id": best.run_id, "checkpoint_path": best.checkpoint_path,
-                "flow_checkpoint": best.flow_checkpoint, "registered_model": cfg.mlflow.registered_model if version else None,
-                "model_version": version,
-            } if best else {"trial_id": None}
-            write_text_atomically(output / BEST_FILE, json.dumps(best_record, indent=2, default=str))
-            for path in (markdown, table, output / BEST_FILE, *plots):
-                mlflow.log_artifact(str(path), artifact_path=PLOTS_DIR if path.suffix == ".png" else None)
-            mlflow.log_metrics({f"sweep/{k}": v for k, v in summary.items()})
-            if best is not None:
-                if best.metric is not None:
-                    mlflow.log_metric(f"best/{tcfg.metric}", best.metric)
-                mlflow.set_tags({"semidff.tune.best_trial": best.trial_id, "semidff.tune.best_run_id": best.run_id or "",
-                                 "semidff.tune.best_values": json.dumps(best.values)})
-                for key, value in best.values.items():
-                    if isinstance(value, (int, float)) and not isinstance(value, bool):
-                        mlflow.log_metric(f"best/{key}", float(value))
+            defaults = {key: config_value(cfg, key) for key in [*space.keys, KEY_INTERVAL]}
+            summary, files = log_sweep_report(trials, space, defaults, tcfg.metric, tcfg.mode, output, best,
+                                              cfg.mlflow.registered_model if version else None, version)
             record_output(output, parent_run_id, STAGE, tracking_uri)
     wall_s = time.perf_counter() - started
     saved = summary["compute_saved"]
@@ -430,7 +349,7 @@ def _run_sweep(cfg: Config, plan: SweepPlan, say: Progress, started: float) -> S
         output_dir=output, metric=tcfg.metric, mode=tcfg.mode, trials=trials, best=best,
         best_flow_checkpoint=Path(best.flow_checkpoint) if best and best.flow_checkpoint else None,
         parent_run_id=parent_run_id, tracking_uri=tracking_uri, model_version=version, summary=summary,
-        files={"trials_md": markdown, "trials_csv": table, "best": output / BEST_FILE, **{p.stem: p for p in plots}},
+        files=files,
         resumed=restoring, wall_s=wall_s,
     )
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from semidff.atomic import write_text_atomically
 from semidff.sweep_space import SearchSpace
 
 FINISHED = "finished"
@@ -22,6 +23,8 @@ STOPPED_EARLY = "stopped early"
 ERROR = "error"
 NOT_RUN = "not run"
 KEY_INTERVAL = "video.key_interval"
+BEST_FILE = "best.json"  # in the sweep folder: the best trial's values, metric, run and checkpoints
+PLOTS_DIR = "plots"
 
 
 @dataclass
@@ -217,3 +220,37 @@ def plot_sweep(trials: Sequence[TrialRecord], space: SearchSpace, default_values
     paths.append(output / "learning_curves.png")
     figure.savefig(paths[-1], format="png")
     return paths
+
+
+def log_sweep_report(trials: Sequence[TrialRecord], space: SearchSpace, default_values: dict[str, Any], metric: str, mode: str,
+                     output_dir: str | Path, best: Optional[TrialRecord], registered_model: Optional[str],
+                     model_version: Optional[str]) -> tuple[dict[str, float], dict[str, Path]]:
+    """Write the sweep's report into ``output_dir`` (trials.md / .csv, best.json, plots/) and log it
+    to the active MLflow run (the sweep's parent run): the files as artifacts, the summary as
+    ``sweep/<name>`` metrics, the best trial as ``best/<metric>``, ``best/<key>`` and tags.
+    Returns (summary, {"trials_md", "trials_csv", "best", <plot name>: path})."""
+    import mlflow
+
+    output_dir = Path(output_dir)
+    summary = compute_summary(trials)
+    markdown, table = write_trial_tables(trials, space.keys, metric, output_dir, best)
+    plots = plot_sweep(trials, space, default_values, metric, mode, output_dir / PLOTS_DIR)
+    best_record = {
+        "trial_id": best.trial_id, "values": best.values, "metric": metric, "value": best.metric,
+        "status": best.status, "run_id": best.run_id, "checkpoint_path": best.checkpoint_path,
+        "flow_checkpoint": best.flow_checkpoint, "registered_model": registered_model, "model_version": model_version,
+    } if best else {"trial_id": None}
+    best_path = output_dir / BEST_FILE
+    write_text_atomically(best_path, json.dumps(best_record, indent=2, default=str))
+    for path in (markdown, table, best_path, *plots):
+        mlflow.log_artifact(str(path), artifact_path=PLOTS_DIR if path.suffix == ".png" else None)
+    mlflow.log_metrics({f"sweep/{k}": v for k, v in summary.items()})
+    if best is not None:
+        if best.metric is not None:
+            mlflow.log_metric(f"best/{metric}", best.metric)
+        mlflow.set_tags({"semidff.tune.best_trial": best.trial_id, "semidff.tune.best_run_id": best.run_id or "",
+                         "semidff.tune.best_values": json.dumps(best.values)})
+        for key, value in best.values.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                mlflow.log_metric(f"best/{key}", float(value))
+    return summary, {"trials_md": markdown, "trials_csv": table, "best": best_path, **{p.stem: p for p in plots}}
