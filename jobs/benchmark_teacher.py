@@ -17,51 +17,20 @@ folders are replaced on every run (a benchmark must not resume an earlier traini
 """
 from __future__ import annotations
 
-import json
-import os
-import platform
 import shutil
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, List, Optional
 
 import typer
 
 from jobs.cli_common import OVERRIDES_ARGUMENT, echo_progress, exit_on, resolve_config, run_module
+from semidff.benchmarks.teacher import TeacherBenchmarkReport, format_report, machine
+from semidff.benchmarks.timing import Stopwatch
 from semidff.config import Config, ConfigError
 
 TINY_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 KEY_INTERVAL = 10
 TRAIN_SEED, VAL_SEED = 0, 1
-
-
-@dataclass
-class TeacherBenchmarkReport:
-    """Minutes and mAPs of one benchmark run (mAP as a fraction, 0..1)."""
-
-    train_minutes: float
-    evaluate_minutes: float
-    generate_minutes: float
-    epochs: int
-    steps: int
-    train_frames: int
-    train_videos: int
-    val_videos: int
-    frames_per_video: int
-    final_losses: dict[str, float]
-    frame_map: float
-    copy_map: float
-    frame_fps: float
-    copy_fps: float
-    key_interval: int
-    workers: str
-    machine: str
-    teacher_checkpoint: str
-    evaluation_table: str
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
 
 
 def run(
@@ -82,11 +51,10 @@ def run(
     for folder in ("teacher", "evaluation"):
         shutil.rmtree(out / folder, ignore_errors=True)
 
-    started = time.perf_counter()
-    for name, count, seed in (("train", train_videos, TRAIN_SEED), ("val", val_videos, VAL_SEED)):
-        generate_synthetic_dataset(out / "data" / name, num_videos=count, num_frames=num_frames,
-                                   num_classes=cfg.model.num_classes, seed=seed)
-    generate_minutes = (time.perf_counter() - started) / 60
+    with Stopwatch() as generating:
+        for name, count, seed in (("train", train_videos, TRAIN_SEED), ("val", val_videos, VAL_SEED)):
+            generate_synthetic_dataset(out / "data" / name, num_videos=count, num_frames=num_frames,
+                                       num_classes=cfg.model.num_classes, seed=seed)
     say(f"benchmark teacher: {train_videos} train and {val_videos} val synthetic videos of {num_frames} frames in {out / 'data'}")
 
     cfg = cfg.model_copy(deep=True)
@@ -94,21 +62,18 @@ def run(
     cfg.teacher_training.data.path = str(out / "data" / "train" / DATASET_FILE)
     cfg.evaluation.data.path = str(out / "data" / "val" / DATASET_FILE)
 
-    started = time.perf_counter()
-    trained = train_teacher(cfg, out / "teacher", progress=say)
-    train_minutes = (time.perf_counter() - started) / 60
-
-    started = time.perf_counter()
-    evaluation = evaluate(cfg, str(out / "teacher" / CHECKPOINT_NAME), None, str(out / "evaluation"),
-                          modes=["frame", "copy"], key_intervals=[KEY_INTERVAL], progress=say)
-    evaluate_minutes = (time.perf_counter() - started) / 60
+    with Stopwatch() as training:
+        trained = train_teacher(cfg, out / "teacher", progress=say)
+    with Stopwatch() as evaluating:
+        evaluation = evaluate(cfg, str(out / "teacher" / CHECKPOINT_NAME), None, str(out / "evaluation"),
+                              modes=["frame", "copy"], key_intervals=[KEY_INTERVAL], progress=say)
 
     frame, copy = evaluation.result("frame"), evaluation.result("copy", KEY_INTERVAL)
     tcfg = cfg.teacher_training
     report = TeacherBenchmarkReport(
-        train_minutes=train_minutes,
-        evaluate_minutes=evaluate_minutes,
-        generate_minutes=generate_minutes,
+        train_minutes=training.seconds / 60,
+        evaluate_minutes=evaluating.seconds / 60,
+        generate_minutes=generating.seconds / 60,
         epochs=trained.epochs,
         steps=trained.steps,
         train_frames=trained.num_samples,
@@ -122,26 +87,12 @@ def run(
         copy_fps=copy.fps,
         key_interval=KEY_INTERVAL,
         workers=f"{tcfg.num_workers} x {tcfg.cpus_per_worker:g} CPU, batch {tcfg.batch_size} per worker",
-        machine=f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
+        machine=machine(),
         teacher_checkpoint=str(trained.checkpoint),
         evaluation_table=evaluation.table,
     )
     (out / "report.json").write_text(report.to_json())
     return report
-
-
-def format_report(report: TeacherBenchmarkReport) -> str:
-    """A few lines for the terminal and BENCHMARKS.md."""
-    losses = ", ".join(f"{k} {v:.3f}" for k, v in report.final_losses.items())
-    return "\n".join([
-        f"tiny teacher on {report.train_frames} synthetic frames ({report.train_videos} videos x {report.frames_per_video}), "
-        f"{report.workers}: {report.epochs} epochs, {report.steps} steps in {report.train_minutes:.1f} min",
-        f"last epoch losses: {losses}",
-        f"val ({report.val_videos} videos) mAP@0.5: frame {100 * report.frame_map:.1f}, "
-        f"copy at ΔT={report.key_interval} {100 * report.copy_map:.1f} "
-        f"(evaluation {report.evaluate_minutes:.1f} min; frame {report.frame_fps:.1f} frames/s, copy {report.copy_fps:.1f} frames/s)",
-        f"machine: {report.machine}",
-    ])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,61 +30,22 @@ A ratio near 1 and a small wait mean the data path keeps up with the model.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import statistics
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import typer
 
 from jobs.cli_common import OVERRIDES_ARGUMENT, echo_progress, resolve_config, run_module
-from semidff.config import Config
 from semidff.benchmarks.machine import machine_description
+from semidff.benchmarks.timing import Stopwatch
+from semidff.benchmarks.train import Progress, RayTrainRate, TrainBenchmarkReport, bare_loop, format_report, ray_train_rate
+from semidff.config import Config
 
 TINY_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 # Enough pairs per video for steady-state rates (the default plan takes 1 key per second, 1 current).
 PLAN_OVERRIDES = ["clips.key_frames_per_video=10", "clips.currents_per_key=4"]
-Progress = Callable[[str], None]
-
-
-@dataclass
-class RayTrainRate:
-    """One Ray Train run: ``workers`` workers; pairs/s per worker."""
-
-    workers: int
-    cpus_per_worker: float
-    steps: int
-    median_step_rate: float  # median over the steps after each epoch's first
-    step_rates: list[float]
-    epoch_rates: list[float]  # per epoch, startup of the epoch's data included
-    data_wait_fractions: list[float]  # per epoch: share of the step time spent waiting for the next batch
-    median_step_data_wait_ms: float  # the same steps as median_step_rate
-    wall_s: float
-
-
-@dataclass
-class TrainBenchmarkReport:
-    """Pairs/s of the bare loop and of each Ray Train run, and their ratios (Ray / bare)."""
-
-    machine: str
-    torch_threads: int
-    batch_size: int
-    train_pairs: int
-    image_size: tuple[int, int]
-    bare_step_rate: float  # median per-step pairs/s of the bare loop
-    bare_pass_rates: list[float]  # pairs/s of each whole pass
-    ray: list[RayTrainRate] = field(default_factory=list)
-    load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
-
-    def ratios(self) -> dict[int, float]:
-        return {r.workers: r.median_step_rate / self.bare_step_rate for r in self.ray}
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self) | {"ratios": {str(k): v for k, v in self.ratios().items()}}, indent=2)
 
 
 def prepare_cache(cfg: Config, out: Path, videos: int, frames: int, say: Progress) -> tuple[str, str]:
@@ -112,52 +73,27 @@ def prepare_cache(cfg: Config, out: Path, videos: int, frames: int, say: Progres
     return str(out / "cache"), str(teacher)
 
 
-def bare_loop(cfg: Config, cache_dir: str, teacher_checkpoint: str, repeats: int, say: Progress) -> tuple[float, list[float], int, tuple[int, int]]:
-    """(median per-step pairs/s, pairs/s per pass, pairs, image size) of the single-process loop."""
-    import torch
-
-    from semidff.training.flow_inputs import check_inputs
+def time_bare_loop(cfg: Config, cache_dir: str, teacher_checkpoint: str, repeats: int, say: Progress) -> tuple[float, list[float], int, tuple[int, int]]:
+    """(median per-step pairs/s, pairs/s per pass, pairs, image size) of the single-process loop
+    (:func:`semidff.benchmarks.train.bare_loop`) over the cache's step A pairs, read into memory
+    first (not timed)."""
     from pipelines.cache_dataset import pair_dataset
-    from semidff.checkpoint import build_teacher
-    from semidff.training.flow_batch import pair_batches_from_cache
-    from semidff.training.flow_step import FlowObjective, build_optimizer, train_step
-    from semidff.training.flow_step import build_student
+    from semidff.training.flow_inputs import check_inputs
 
     teacher, _, source = check_inputs(cfg, cache_dir, teacher_checkpoint, None)
-    offsets = source.offsets["regression"]
-    dataset = pair_dataset(cache_dir, offset_range=offsets)
-    batches = list(dataset.iter_batches(batch_size=cfg.training.batch_size, batch_format="numpy"))  # in memory, not timed
-    pairs = sum(len(b["offset"]) for b in batches)
-    image_size = tuple(int(s) for s in batches[0]["key_frame"][0].shape[:2])
-    torch.set_num_threads(max(1, int(cfg.training.cpus_per_worker)))
-    torch.manual_seed(cfg.seed)
-    student = build_student(build_teacher(teacher), cfg.model, cfg.training.finetune)
-    optimizer = build_optimizer(student.set_step("regression"), cfg.training.optimizer, cfg.training.lr)
-    student.train()
-    objective = FlowObjective.from_config(cfg, "regression")
-    step_rates, pass_rates = [], []
-    for repeat in range(repeats):
-        started = last = time.perf_counter()
-        for numpy_batch in batches:
-            terms = train_step(student, optimizer, pair_batches_from_cache(numpy_batch), objective)
-            now = time.perf_counter()
-            step_rates.append(terms["pairs"] / (now - last))
-            last = now
-        pass_rates.append(pairs / (time.perf_counter() - started))
-        say(f"benchmark: bare loop pass {repeat + 1}/{repeats}: {pass_rates[-1]:.2f} pairs/s")
-    return statistics.median(step_rates), pass_rates, pairs, image_size
+    dataset = pair_dataset(cache_dir, offset_range=source.offsets["regression"])
+    batches = list(dataset.iter_batches(batch_size=cfg.training.batch_size, batch_format="numpy"))
+    return bare_loop(cfg, teacher, batches, repeats, say)
 
 
-def ray_train_rate(cfg: Config, cache_dir: str, teacher_checkpoint: str, out: Path, workers: int, epochs: int, say: Progress) -> RayTrainRate:
+def time_ray_train(cfg: Config, cache_dir: str, teacher_checkpoint: str, out: Path, workers: int, epochs: int, say: Progress) -> RayTrainRate:
     """One jobs.train_flow run with ``workers`` workers; its rates from its MLflow run."""
-    from mlflow import MlflowClient
+    import ray
 
     from jobs.train_flow import run as train_flow
 
     folder = out / f"ray_train_{workers}w"
     shutil.rmtree(folder, ignore_errors=True)  # a benchmark must not resume an earlier run
-    import ray
-
     run_cfg = cfg.model_copy(deep=True)
     run_cfg.training.num_workers = workers
     # Leave half a CPU of the cluster to the cache readers (jobs.train_flow.data_cpus refuses less).
@@ -167,30 +103,11 @@ def ray_train_rate(cfg: Config, cache_dir: str, teacher_checkpoint: str, out: Pa
     run_cfg.training.regression_epochs = epochs
     run_cfg.training.checkpoint_every_steps = 10_000
     run_cfg.mlflow.registered_model = None
-    started = time.perf_counter()
-    result = train_flow(run_cfg, cache_dir, teacher_checkpoint, str(folder), progress=say)
-    wall_s = time.perf_counter() - started
-    client = MlflowClient(result.tracking_uri)
-    per_step = {m.step: m.value for m in client.get_metric_history(result.run_id, "train/pairs_per_s_per_worker")}
-    epoch_of = {m.step: m.value for m in client.get_metric_history(result.run_id, "train/epoch")}
-    first_of_epoch = {min(s for s, e in epoch_of.items() if e == epoch) for epoch in set(epoch_of.values())}
-    steady = [rate for step, rate in sorted(per_step.items()) if step not in first_of_epoch]
-    waits = {m.step: m.value for m in client.get_metric_history(result.run_id, "train/data_wait_s")}
-    steady_waits = [1000 * wait for step, wait in waits.items() if step not in first_of_epoch] or [0.0]
-
-    def per_epoch(key: str) -> list[float]:
-        return [m.value for m in sorted(client.get_metric_history(result.run_id, key), key=lambda m: m.step)]
-
-    return RayTrainRate(
-        workers=workers,
-        cpus_per_worker=run_cfg.training.cpus_per_worker,
-        steps=result.global_step,
-        median_step_rate=statistics.median(steady or list(per_step.values())),
-        step_rates=[per_step[s] for s in sorted(per_step)],
-        epoch_rates=per_epoch("epoch/pairs_per_s_per_worker"),
-        data_wait_fractions=per_epoch("epoch/data_wait_fraction"),
-        median_step_data_wait_ms=statistics.median(steady_waits),
-        wall_s=wall_s,
+    with Stopwatch() as watch:
+        result = train_flow(run_cfg, cache_dir, teacher_checkpoint, str(folder), progress=say)
+    return ray_train_rate(
+        result.tracking_uri, result.run_id, workers=workers, cpus_per_worker=run_cfg.training.cpus_per_worker,
+        steps=result.global_step, wall_s=watch.seconds,
     )
 
 
@@ -215,39 +132,16 @@ def run(
     cfg.training.validation_fraction = 0.0  # both loops over every pair of the cache
     with ray_session(cfg.ray.num_cpus, cfg.ray.address):  # (a SQLite store keeps its artifacts beside it: semidff.tracking)
         cache_dir, teacher = prepare_cache(cfg, out, videos, frames, say)
-        bare_rate, pass_rates, pairs, image_size = bare_loop(cfg, cache_dir, teacher, repeats, say)
+        bare_rate, pass_rates, pairs, image_size = time_bare_loop(cfg, cache_dir, teacher, repeats, say)
         report = TrainBenchmarkReport(
             machine=machine_description(), torch_threads=max(1, int(cfg.training.cpus_per_worker)), batch_size=cfg.training.batch_size,
             train_pairs=pairs, image_size=image_size, bare_step_rate=bare_rate, bare_pass_rates=pass_rates,
         )
         for count in workers:
-            report.ray.append(ray_train_rate(cfg, cache_dir, teacher, out, count, epochs, say))
+            report.ray.append(time_ray_train(cfg, cache_dir, teacher, out, count, epochs, say))
     report.load_average = os.getloadavg()
     (out / "report.json").write_text(report.to_json())
     return report
-
-
-def format_report(report: TrainBenchmarkReport) -> str:
-    """The Markdown table that goes into BENCHMARKS.md."""
-    lines = [
-        f"machine: {report.machine}; load average at the end {', '.join(f'{v:.1f}' for v in report.load_average)}",
-        f"{report.train_pairs} training pairs of {report.image_size[0]}x{report.image_size[1]} frames, batch {report.batch_size} per worker, "
-        f"{report.torch_threads} torch thread(s) per worker, step A (regression loss)",
-        "",
-        "| loop | workers | pairs/s per worker (median step) | ratio to bare | data wait of the median step | "
-        "pairs/s per worker per epoch (startup included) | waiting for data, per epoch |",
-        "|---|---|---|---|---|---|---|",
-        f"| bare torch, one process | 1 | {report.bare_step_rate:.2f} | 1.00 | (in memory) | "
-        f"{', '.join(f'{r:.2f}' for r in report.bare_pass_rates)} (per pass) | (in memory) |",
-    ]
-    for rate in report.ray:
-        lines.append(
-            f"| Ray Train (DDP, {rate.cpus_per_worker:g} CPU each) | {rate.workers} | {rate.median_step_rate:.2f} | "
-            f"{rate.median_step_rate / report.bare_step_rate:.2f} | {rate.median_step_data_wait_ms:.1f} ms | "
-            f"{', '.join(f'{r:.2f}' for r in rate.epoch_rates)} | "
-            f"{', '.join(f'{100 * w:.0f} %' for w in rate.data_wait_fractions)} |"
-        )
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ the cache folder with it. Rerunning on the same output skips the clips already w
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -20,7 +19,7 @@ import pyarrow.fs as pafs
 import typer
 
 from jobs.cli_common import CONFIG_OPTION, OVERRIDES_ARGUMENT, DefaultCommandGroup, echo_progress, exit_on, group_app, resolve_config, run_module
-from pipelines.ray_session import ray_session
+from pipelines.ray_session import is_local, ray_session
 from pipelines.teacher_cache import CacheSummary, build_teacher_cache
 from semidff.cache.files import inspect_cache
 from semidff.cache.info import INFO_FILE, CacheError, cache_location, read_cache_info
@@ -45,7 +44,7 @@ def run(cfg: Config, manifest_dir: str, teacher_checkpoint: str, output_dir: str
     teacher_sha256 = file_sha256(teacher_checkpoint) if Path(teacher_checkpoint).is_file() else None
     if teacher_sha256 is None:
         raise ModelCheckpointError(f"teacher checkpoint {teacher_checkpoint} does not exist (semidff train-teacher writes one)")
-    local_ray = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+    local_ray = is_local(cfg.ray.address)
     with ray_session(cfg.ray.num_cpus, cfg.ray.address), stage_run(cfg, "cache", output_dir) as active:
         producer = producing_run(manifest_dir)
         log_input_dataset(

@@ -1,4 +1,4 @@
-"""Stage 1 recipe: probe every input video once into ``<output>/manifest.parquet``.
+"""The manifest stage's recipe (``semidff manifest``): probe every input video once into ``<output>/manifest.parquet``.
 
     semidff manifest /data/videos 'more/**/*.mp4' lists/extra.txt s3://bucket/raw/ -o runs/manifest
     python -m jobs.manifest /data/videos -o runs/manifest            # the same command

@@ -127,7 +127,7 @@ def run(
 
     from pipelines.cache_dataset import pair_datasets
     from pipelines.flow_trainer import EpochEndReports, FlowWorkerSetup, state_of_checkpoint, train_loop_per_worker, trained_student
-    from pipelines.ray_session import cluster_has_gpus, data_cpus, ray_session
+    from pipelines.ray_session import data_cpus, ray_session, use_gpus
     from pipelines.train_reporting import ProgressPump
     from semidff.tracking import log_input_dataset, producer_run_id, record_output, resumable_stage_run, tracking_uri_for
 
@@ -149,7 +149,7 @@ def run(
     )
 
     with ray_session(cfg.ray.num_cpus, cfg.ray.address):
-        use_gpu = tcfg.use_gpu if tcfg.use_gpu is not None else cluster_has_gpus()
+        use_gpu = use_gpus(tcfg.use_gpu)
         reader_cpus = cfg.clips.num_cpus if source.kind == "on_the_fly" else 0.25
         datasets = pair_datasets(cfg, source, plan, read_cpus=data_cpus(cfg, reader_cpus, tcfg.num_workers * tcfg.cpus_per_worker,
                                                                         "training.cpus_per_worker or training.num_workers"

@@ -1,4 +1,5 @@
-"""Stage 2: plan the clips of every usable video in a manifest and decode them, streamed by Ray Data.
+"""The clip stage (``semidff clips``; the first half of ``semidff cache``): plan the clips of every
+usable video in a manifest and decode them, streamed by Ray Data.
 
     from pipelines.clips import clip_dataset, summarize_clips, write_clip_failures
     from semidff.rows import ClipRow

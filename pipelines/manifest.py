@@ -1,4 +1,4 @@
-"""Stage 1: probe every input video once and record it in ``<output>/manifest.parquet``.
+"""The manifest stage (``semidff manifest``): probe every input video once and record it in ``<output>/manifest.parquet``.
 
     semidff manifest /data/videos 'more/**/*.mp4' lists/extra.txt s3://bucket/raw/ -o runs/manifest
 

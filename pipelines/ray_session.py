@@ -43,6 +43,12 @@ def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def use_gpus(setting: Optional[bool]) -> bool:
+    """Whether training workers take a GPU each: the config's ``use_gpu`` when set, else whether
+    the cluster has GPUs (``device: auto``)."""
+    return setting if setting is not None else cluster_has_gpus()
+
+
 def is_local(address: Optional[str]) -> bool:
     """Whether a stage with this ``ray.address`` runs on a local Ray it starts itself (no address
     and no $RAY_ADDRESS), rather than on a cluster (which an autoscaler may grow)."""

@@ -88,7 +88,7 @@ class _ArrowRow(_Row):
 
 
 # ---------------------------------------------------------------------------------------------
-# Stage 1: the manifest
+# The manifest stage (semidff manifest)
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -157,7 +157,7 @@ class ManifestRow(_ArrowRow):
 
 
 # ---------------------------------------------------------------------------------------------
-# Stage 2: the clips
+# The clip stage (semidff clips), and its rows on the way to the teacher cache
 
 
 def _int_list(values: Optional[Iterable[Any]]) -> list[int]:
@@ -226,14 +226,18 @@ class ClipFailure:
 
 ClipResult = Union[ClipFrames, ClipFailure]
 
+# A clip's identity columns (ClipIds), first in every clip-level schema.
+_CLIP_ID_COLUMNS = [
+    ("clip_id", pa.string()),
+    ("video_id", pa.string()),
+    ("uri", pa.string()),
+    ("key_index", pa.int64()),
+    ("current_indices", pa.list_(pa.int64())),
+    ("offsets", pa.list_(pa.int64())),
+]
+
 CLIP_SCHEMA = pa.schema(
-    [
-        ("clip_id", pa.string()),
-        ("video_id", pa.string()),
-        ("uri", pa.string()),
-        ("key_index", pa.int64()),
-        ("current_indices", pa.list_(pa.int64())),
-        ("offsets", pa.list_(pa.int64())),
+    _CLIP_ID_COLUMNS + [
         ("frames_decoded", pa.int64()),
         ("height", pa.int32()),
         ("width", pa.int32()),
@@ -374,17 +378,11 @@ class PreparedClipRow(ClipRow):
 
 
 # ---------------------------------------------------------------------------------------------
-# Stage 3: the teacher cache
+# The teacher cache (semidff cache)
 
 _blob_list = pa.list_(pa.binary())
 CACHE_SCHEMA = pa.schema(
-    [
-        ("clip_id", pa.string()),
-        ("video_id", pa.string()),
-        ("uri", pa.string()),
-        ("key_index", pa.int64()),
-        ("current_indices", pa.list_(pa.int64())),
-        ("offsets", pa.list_(pa.int64())),
+    _CLIP_ID_COLUMNS + [
         ("status", pa.string()),
         ("reason", pa.string()),
         ("error", pa.string()),

@@ -9,14 +9,14 @@ and propagated frame costs separately, and the speed-up ratio flow / frame.
 from __future__ import annotations
 
 import json
-import platform
-import statistics
 from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
+from semidff.benchmarks.machine import cpu_model
+from semidff.benchmarks.timing import format_runs, median, time_calls
 from semidff.config import Config
 from semidff.models.build import build_propagator, build_rfcn
 from semidff.models.video_detector import VideoDetector
@@ -66,33 +66,25 @@ def synthetic_video(num_frames: int, height: int, width: int, seed: int = 0) -> 
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads"
+    return f"{cpu_model()}, {torch.get_num_threads()} torch threads"
 
 
 def _time_mode(detector: VideoDetector, frames, cfg: Config, repeats: int) -> ModeTiming:
     # warm-up: one key frame and (in flow mode) one propagated frame
     detector.run(frames[:2], cfg.preprocess.short_side, cfg.preprocess.max_long_side)
-    runs, key_ms, other_ms = [], [], []
-    for _ in range(repeats):
-        _, timing = detector.run(frames, cfg.preprocess.short_side, cfg.preprocess.max_long_side)
-        runs.append(timing.compute_fps)
-        key_ms.extend(1000 * s for s in timing.key_compute_seconds)
-        other_ms.extend(1000 * s for s in timing.other_compute_seconds)
+    def timed_run():  # the detector's own timing of its compute (not the call's wall time)
+        return detector.run(frames, cfg.preprocess.short_side, cfg.preprocess.max_long_side)[1]
+
+    timings = time_calls(timed_run, repeats).results
+    runs = [timing.compute_fps for timing in timings]
+    key_ms = [1000 * s for timing in timings for s in timing.key_compute_seconds]
+    other_ms = [1000 * s for timing in timings for s in timing.other_compute_seconds]
     return ModeTiming(
         mode=detector.mode,
-        fps=statistics.median(runs),
+        fps=median(runs),
         runs_fps=runs,
-        key_frame_ms=statistics.median(key_ms),
-        propagated_frame_ms=statistics.median(other_ms) if other_ms else None,
+        key_frame_ms=median(key_ms),
+        propagated_frame_ms=median(other_ms) if other_ms else None,
     )
 
 
@@ -114,7 +106,7 @@ def run_detect_benchmark(
         progress(f"benchmark detect: timing mode={mode}, {repeats} runs of {num_frames} frames on {device} ...")
         detector = VideoDetector(rfcn, propagator, key_interval=cfg.video.key_interval, mode=mode)
         timings[mode] = _time_mode(detector, frames, cfg, repeats)
-        progress(f"  {mode}: {timings[mode].fps:.3f} frames/s (runs: {', '.join(f'{f:.3f}' for f in timings[mode].runs_fps)})")
+        progress(f"  {mode}: {timings[mode].fps:.3f} frames/s (runs: {format_runs(timings[mode].runs_fps, 3)})")
     net_h, net_w, _ = resized_shape(*frame_size, cfg.preprocess.short_side, cfg.preprocess.max_long_side)
     return DetectBenchmarkResult(
         machine=_machine() if device.type == "cpu" else torch.cuda.get_device_name(device),
@@ -147,7 +139,7 @@ def format_report(result: DetectBenchmarkResult) -> str:
     ]
     for timing in (result.frame, result.flow):
         lines.append(
-            f"| {timing.mode} | {timing.fps:.3f} | {', '.join(f'{f:.3f}' for f in timing.runs_fps)} | "
+            f"| {timing.mode} | {timing.fps:.3f} | {format_runs(timing.runs_fps, 3)} | "
             f"{timing.key_frame_ms:.1f} | {'' if timing.propagated_frame_ms is None else f'{timing.propagated_frame_ms:.1f}'} |"
         )
     lines.append("")

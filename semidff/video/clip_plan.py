@@ -35,8 +35,8 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import numpy as np
 
 DEFAULT_KEY_FRAMES_PER_SECOND = 1.0
-REGRESSION_OFFSETS = (1, 9)  # Stage 1: key = cur + offset, offset in [-9, -1] (dff-facts §3.2)
-SEMANTIC_OFFSETS = (0, 9)  # Stage 2: offset in [-9, 0]; d = 0 pairs the key with itself
+REGRESSION_OFFSETS = (1, 9)  # step A of stage 2: key = cur + offset, offset in [-9, -1] (official semi-DFF)
+SEMANTIC_OFFSETS = (0, 9)  # step B of stage 2: offset in [-9, 0]; d = 0 pairs the key with itself
 WHOLE_VIDEO = -1  # key_index of the one row that stands for a video without clips (cannot be opened or planned, or too short)
 REASON_CANNOT_PLAN = "cannot plan"  # e.g. no frame rate for key_frames_per_second
 REASON_TOO_SHORT = "too short"  # fewer frames than the smallest offset needs: the plan has no clip for it

@@ -8,7 +8,8 @@ import pytest
 from tests.video_fixtures import write_video  # noqa: F401  PyAV before decord
 
 import ray
-from jobs.benchmark_decode import ensure_videos, format_report, load_result, parse_ints, run
+from jobs.benchmark_decode import run
+from semidff.benchmarks.decode import format_report, load_result
 from semidff.config import load_config
 from semidff.video.clip_plan import plan_clips
 from semidff.video.decode import codec_keyframe_indices
@@ -69,16 +70,3 @@ def test_the_benchmark_reports_the_plans_counts_for_every_method(tmp_path, local
     assert "| 3 | 6 |" in report  # the memory table
     (tmp_path / "result.json").write_text(result.to_json())
     assert format_report(load_result(tmp_path / "result.json")) == report
-
-
-def test_generated_videos_are_cached_and_reused(tmp_path):
-    (first,) = ensure_videos(tmp_path, count=1, gop=5, **SIZE)
-    stamp = first.stat().st_mtime_ns
-    info = probe_video(str(first))
-    assert (info.num_frames, info.width, info.height, info.fps) == (20, 64, 48, 10.0)
-    assert codec_keyframe_indices(str(first)) == [0, 5, 10, 15]  # exactly every GOP frames: scenecut is off
-    again = ensure_videos(tmp_path, count=2, gop=5, **SIZE)
-    assert again[0] == first and first.stat().st_mtime_ns == stamp and again[1].exists()
-    assert parse_ints("250, 30") == [250, 30] and parse_ints("") == []
-    with pytest.raises(ValueError, match="comma-separated integers"):
-        parse_ints("250;30")
