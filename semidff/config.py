@@ -51,6 +51,12 @@ class RFCNHeadConfig(_Section):
 class FlowNetConfig(_Section):
     width_multiplier: float = Field(1.0, gt=0.0, le=4.0)
     init_std: float = Field(0.02, gt=0.0, le=1.0, description="N(0, std) init of the flow network (paper §3.5)")
+    init: Literal["normal", "fan_in"] = Field(
+        "normal",
+        description="normal: every conv N(0, init_std), the paper's (at width_multiplier << 1 the coarse levels start "
+        "near zero: conv6_1 activations ~4e-7 at 0.125); fan_in: He-normal hidden layers (activations ~0.1-0.2 at "
+        "every level and width), N(0, init_std) flow heads and a zero last flow layer, so training starts at zero flow",
+    )
 
 
 class ModelConfig(_Section):

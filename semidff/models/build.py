@@ -49,6 +49,7 @@ def build_propagator(cfg: ModelConfig) -> nn.Module:
             feature_channels=cfg.feature_channels,
             width_multiplier=cfg.flownet.width_multiplier,
             init_std=cfg.flownet.init_std,
+            init=cfg.flownet.init,
         )
     return ResidualFeaturePredictor(
         feature_channels=cfg.feature_channels,

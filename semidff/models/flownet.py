@@ -115,9 +115,14 @@ class FlowNetS(nn.Module):
         width_multiplier: scales every internal channel count (not the 2-channel flows nor the
             scale output); 1.0 is DFF's network, small values give a tiny CPU model.
         init_std: std of the normal init of every conv / deconv weight (biases 0); 0.02 in the paper.
+        init: "normal" (the paper: N(0, init_std) everywhere) or "fan_in": He-normal for the hidden
+            convs and deconvs (LeakyReLU 0.1), so that activations keep their scale through the
+            ten encoder levels at any width; N(0, init_std) for the intermediate flow predictions
+            and upsamplers; zeros for the last flow layer, so the initial flow is exactly zero
+            (the key features are copied, as the scale field starts at 1).
     """
 
-    def __init__(self, feature_channels: int = 1024, width_multiplier: float = 1.0, init_std: float = 0.02):
+    def __init__(self, feature_channels: int = 1024, width_multiplier: float = 1.0, init_std: float = 0.02, init: str = "normal"):
         super().__init__()
         if not width_multiplier > 0:
             raise ValueError(f"FlowNetS width_multiplier={width_multiplier} must be > 0")
@@ -158,10 +163,18 @@ class FlowNetS(nn.Module):
         self.predict_flow = _conv(concat2, 2, 3, 1)
         self.scale_field = ScaleField(concat2, feature_channels)
 
-        for module in self.modules():
+        if init not in ("normal", "fan_in"):
+            raise ValueError(f"FlowNetS init={init!r}: must be 'normal' or 'fan_in'")
+        for name, module in self.named_modules():
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.normal_(module.weight, mean=0.0, std=init_std)  # paper §3.5
                 nn.init.zeros_(module.bias)
+                flow_layer = name.startswith(("predict_flow", "upsample_flow"))
+                if init == "normal" or flow_layer:
+                    nn.init.normal_(module.weight, mean=0.0, std=init_std)  # paper §3.5
+                else:
+                    nn.init.kaiming_normal_(module.weight, a=_LEAKY_SLOPE, mode="fan_in", nonlinearity="leaky_relu")
+        if init == "fan_in":
+            nn.init.zeros_(self.predict_flow.weight)
 
     @staticmethod
     def _decoder_level(skip: torch.Tensor, previous: torch.Tensor, flow: torch.Tensor, deconv: nn.Module,

@@ -187,3 +187,27 @@ def test_propagate_rejects_features_of_another_size():
     net = _tiny_flownet(feature_channels=8)
     with pytest.raises(ValueError, match=r"\(N, C, 4, 5\)"):
         net.propagate(torch.zeros(1, 8, 4, 6), _images(64, 80), _images(64, 80))
+
+
+def _activation_stds(net, images):
+    stds = {}
+    hooks = [getattr(net, name).register_forward_hook(lambda m, i, o, name=name: stds.__setitem__(name, float(o.detach().std())))
+             for name in ("conv1", "conv3_1", "conv5_1", "conv6_1")]
+    with torch.no_grad():
+        out = net(images, images.roll(3, dims=-1))
+    for hook in hooks:
+        hook.remove()
+    return stds, out
+
+
+def test_fan_in_init_keeps_the_coarse_levels_alive_at_a_small_width_and_starts_at_zero_flow():
+    torch.manual_seed(0)
+    images = 60.0 * torch.randn(2, 3, 160, 288)  # mean-subtracted pixels, as the detector's preprocessing gives
+    paper, _ = _activation_stds(FlowNetS(64, width_multiplier=0.125, init="normal"), images)
+    fan_in, out = _activation_stds(FlowNetS(64, width_multiplier=0.125, init="fan_in"), images)
+    # The paper's N(0, 0.02) shrinks every level ~10x at width 0.125 (measured on real frames: conv6_1 at
+    # ~4e-7, conv1 at ~5e-2); He-normal keeps the scale of conv1 down to conv6_1.
+    assert paper["conv6_1"] / paper["conv1"] < 1e-3 and fan_in["conv6_1"] / fan_in["conv1"] > 0.1, (paper, fan_in)
+    assert torch.equal(out.flow, torch.zeros_like(out.flow)) and torch.equal(out.scale, torch.ones_like(out.scale))
+    with pytest.raises(ValueError, match="init"):
+        FlowNetS(64, init="xavier")
