@@ -59,6 +59,7 @@ from semidff.atomic import write_text_atomically
 from semidff.cache.info import CacheError
 from semidff.checkpoint import ModelCheckpoint, ModelCheckpointError, load_model_checkpoint, save_model_checkpoint
 from semidff.config import Config, ConfigError
+from semidff.mlflow_model import log_detector_model
 from semidff.tracking import RUN_RECORD_FILE
 from semidff.training.flow_inputs import FlowTrainingError, PairSource, check_inputs, default_run_name, refuse_changed_config
 from semidff.training.flow_loop import FlowLoopState
@@ -199,7 +200,9 @@ def run(
             mlflow.log_metrics({f"final/{k}": v for k, v in meta["final_losses"].items()} | {f"final/{k}": v for k, v in meta["validation"].items()})
             mlflow.set_tags({"semidff.flow.sha256": sha256, "semidff.flow.path": str(output / FLOW_FILE)})
             mlflow.log_artifact(str(output / FLOW_FILE), artifact_path="flow_checkpoint")
-            version = register_flow_model(cfg.mlflow.registered_model, run_id, "flow_checkpoint", sha256, teacher.sha256)
+            model_uri = log_detector_model(teacher.path, output / FLOW_FILE).model_uri  # loads with mlflow.pyfunc
+            mlflow.set_tag("semidff.flow.model_uri", model_uri)
+            version = register_flow_model(cfg.mlflow.registered_model, model_uri, run_id, sha256, teacher.sha256, cfg.training.schedule)
             record_output(output, run_id, STAGE, tracking_uri)
     wall_s = time.perf_counter() - started
     losses = meta["final_losses"]
@@ -255,16 +258,20 @@ def _same_weights(first: dict[str, dict[str, torch.Tensor]], second: dict[str, d
     )
 
 
-def register_flow_model(name: Optional[str], run_id: str, artifact_path: str, sha256: str, teacher_sha256: str) -> Optional[str]:
-    """Register the logged ``flow.pt`` of the active run as a version of the model ``name`` (None:
-    not registered); tags hold both checksums."""
+def register_flow_model(name: Optional[str], model_uri: str, run_id: str, sha256: str, teacher_sha256: str,
+                        schedule: str) -> Optional[str]:
+    """Register the detector model at ``model_uri`` (``semidff.mlflow_model``: teacher.pt + flow.pt)
+    as a version of the model ``name`` (None: not registered), tagged with both checksums and the
+    schedule, and point the alias of its schedule (``@two-step``, ``@regression``, ...) at it."""
     from semidff.tracking import register_model_version
 
     return register_model_version(
-        name, run_id, artifact_path,
-        tags={"semidff.flow.sha256": sha256, "semidff.teacher.sha256": teacher_sha256, "semidff.file": FLOW_FILE},
+        name, model_uri, run_id,
+        tags={"semidff.flow.sha256": sha256, "semidff.teacher.sha256": teacher_sha256, "semidff.file": FLOW_FILE,
+              "semidff.train.schedule": schedule},
         identity_tag="semidff.flow.sha256",
-        description=f"{FLOW_FILE} (sha256 {sha256[:12]}) distilled from teacher {teacher_sha256[:12]}",
+        description=f"{FLOW_FILE} (sha256 {sha256[:12]}, {schedule}) distilled from teacher {teacher_sha256[:12]}",
+        aliases=(schedule.replace("_", "-"),),  # "latest" is MLflow's own: models:/NAME/latest
     )
 
 

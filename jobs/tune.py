@@ -163,11 +163,11 @@ def _register_best(cfg: Config, best: TrialRecord, teacher_sha256: str) -> Optio
 
     if not (cfg.mlflow.registered_model and best.run_id and best.flow_checkpoint):
         return None
-    sha256 = mlflow.get_run(best.run_id).data.tags.get("semidff.flow.sha256")
-    if not sha256:
+    tags = mlflow.get_run(best.run_id).data.tags
+    sha256, model_uri = tags.get("semidff.flow.sha256"), tags.get("semidff.flow.model_uri")
+    if not (sha256 and model_uri):
         return None
-    with mlflow.start_run(run_id=best.run_id, nested=True):
-        return register_flow_model(cfg.mlflow.registered_model, best.run_id, "flow_checkpoint", sha256, teacher_sha256)
+    return register_flow_model(cfg.mlflow.registered_model, model_uri, best.run_id, sha256, teacher_sha256, cfg.training.schedule)
 
 
 # ---------------------------------------------------------------------------------------------

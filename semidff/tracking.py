@@ -195,30 +195,33 @@ def recorded_run_id(record_dir: str | Path) -> Optional[str]:
         return None
 
 
-def register_model_version(name: Optional[str], run_id: str, artifact_path: str, tags: dict[str, str], identity_tag: str,
-                           description: str) -> Optional[str]:
-    """Register the artifact folder ``artifact_path`` of the active run as a version of the model
-    ``name`` (created when missing), with ``tags``; None when ``name`` is None. A version of this
-    run whose ``identity_tag`` equals ``tags[identity_tag]`` (the file's checksum) is reused, so a
-    rerun that ends with the same file registers nothing new."""
+def register_model_version(name: Optional[str], model_uri: str, run_id: str, tags: dict[str, str], identity_tag: str,
+                           description: str, aliases: tuple[str, ...] = ()) -> Optional[str]:
+    """Register the MLflow model at ``model_uri`` (``models:/m-...``, as ``log_model`` returns it)
+    as a version of the registered model ``name`` (created when missing), with ``tags`` and
+    ``aliases`` (each then points at this version); None when ``name`` is None. A version of
+    this run whose ``identity_tag`` equals ``tags[identity_tag]`` (the file's checksum) is reused,
+    so a rerun that ends with the same file registers nothing new."""
     if not name:
         return None
-    import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
     try:
-        client.create_registered_model(name, description="semidff models: load the checkpoint file with semidff.checkpoint.load_model_checkpoint")
+        client.create_registered_model(name, description="semidff video detectors: mlflow.pyfunc.load_model(...).predict(frames), or semidff detect --flow models:/NAME/VERSION")
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    for version in client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
-        if version.tags.get(identity_tag) == tags[identity_tag]:
-            return str(version.version)
-    version = client.create_model_version(name, source=mlflow.get_artifact_uri(artifact_path), run_id=run_id, tags=tags,
-                                          description=description)
-    return str(version.version)
+    number = next((str(version.version) for version in client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+                   if version.tags.get(identity_tag) == tags[identity_tag]), None)
+    if number is None:
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        number = str(client.create_model_version(name, source=model_uri, run_id=run_id, tags=tags, description=description,
+                                                 model_id=model_id).version)
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, number)
+    return number
 
 
 def log_input_dataset(
