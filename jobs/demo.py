@@ -22,31 +22,26 @@ The steps call the stages' own ``run`` functions, in order:
    claims checked one by one), ``map_fps_vs_interval.png``, annotated example frames
    (``frames/``) and ``report.json`` (:mod:`semidff.demo_report`).
 
-Reuse: a step that finished writes ``_demo_step.json`` with a fingerprint of its settings and its
-inputs' fingerprints; a rerun in the same folder skips every step whose fingerprint still
-matches, rebuilds those whose settings changed (and everything downstream), and resumes an
-interrupted one through its stage's own resume (teacher and flow checkpoints, manifest and cache
-part files).
+Reuse (:mod:`semidff.demo_steps`): a step that finished writes ``_demo_step.json`` with a
+fingerprint of its settings and its inputs' fingerprints; a rerun in the same folder skips every
+step whose fingerprint still matches, rebuilds those whose settings changed (and everything
+downstream), and resumes an interrupted one through its stage's own resume (teacher and flow
+checkpoints, manifest and cache part files).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import List, Optional
 
 import typer
 
 from jobs.cli_common import OVERRIDES_ARGUMENT, echo_progress, exit_on, resolve_config, run_module
-from semidff.atomic import write_text_atomically
-from semidff.config import Config
 from semidff.benchmarks.machine import machine_description
-
-Progress = Callable[[str], None]
+from semidff.config import Config
+from semidff.demo_steps import DemoError, Progress, StepRecord, StepRunner, fingerprint, format_duration, write_json
 
 TINY_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 DEMO_OVERRIDES = [
@@ -59,27 +54,10 @@ paper's lr 5e-5 is for ~10^5 iterations; in the demo's ~1,500 steps of step A it
 near zero (val mAP at ΔT 10 below copy's), 1e-4 for 6 epochs learned object motion (48.7 against
 copy's 42.0 in one measured run) and 2e-3 diverged (BENCHMARKS.md, "The demo")."""
 DEFAULT_OUTPUT = "runs/demo"
-STEP_FILE = "_demo_step.json"
 TIMINGS_FILE = "demo_steps.json"
 SEED_OFFSETS = {"train": 0, "val": 1, "unlabeled": 2}  # added to cfg.seed: three disjoint corpora
 LABELS = {"frame": "R-FCN frame", "copy": "R-FCN copy", "regression": "semi-DFF reg",
           "semantic": "semi-DFF sem", "two_step": "semi-DFF (two-step)"}
-
-
-class DemoError(RuntimeError):
-    """The demo cannot go on: the message names the step, what went wrong and what to do."""
-
-
-@dataclass
-class StepRecord:
-    """One step of a demo run: where it wrote, whether a previous run's output was reused, the
-    seconds it took in this run, and the seconds it took when it was built (a reused step's too)."""
-
-    name: str
-    folder: str
-    reused: bool
-    seconds: float
-    built_seconds: float
 
 
 @dataclass
@@ -95,61 +73,6 @@ class DemoResult:
     steps: list[StepRecord] = field(default_factory=list)
     wall_s: float = 0.0
     tracking_uri: str = ""
-
-
-def fingerprint(*parts: Any) -> str:
-    """SHA-256 (hex, 16 chars) of JSON-encoded parts: what a step's output depends on."""
-    def plain(value: Any) -> Any:
-        return value.model_dump(mode="json") if hasattr(value, "model_dump") else str(value)
-
-    text = json.dumps(parts, sort_keys=True, default=plain)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-class StepRunner:
-    """Runs the demo's steps in order, each one skipped when its folder holds a finished output of
-    the same fingerprint (see the module docstring), with numbered progress lines."""
-
-    def __init__(self, total: int, say: Progress) -> None:
-        self.total = total
-        self.say = say
-        self.done = 0
-        self.records: list[StepRecord] = []
-
-    def run(self, name: str, folder: Path, print_: str, work: Callable[[Progress], Any], always: bool = False) -> bool:
-        """Run ``work(progress)`` unless ``folder`` finished with fingerprint ``print_`` (or
-        ``always``: a cheap step redone every time); returns whether the previous output was reused."""
-        self.done += 1
-        prefix = f"[{self.done}/{self.total}] {name}"
-        marker = folder / STEP_FILE
-        previous = None if always else _read_json(marker)
-        if previous and previous.get("fingerprint") == print_:
-            self.say(f"{prefix}: reusing {folder} (finished by a previous run with the same settings)")
-            self.records.append(StepRecord(name, str(folder), True, 0.0, float(previous.get("seconds", 0.0))))
-            return True
-        if previous:
-            self.say(f"{prefix}: settings or inputs changed since the previous run: rebuilding {folder}")
-            shutil.rmtree(folder)
-        elif always:
-            self.say(f"{prefix}: writing")
-        elif folder.exists() and any(folder.iterdir()):
-            self.say(f"{prefix}: resuming the unfinished output in {folder}")
-        else:
-            self.say(f"{prefix}: starting")
-        folder.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        try:
-            work(lambda line: self.say(f"{prefix}: {line}"))
-        except Exception as exc:
-            raise DemoError(
-                f"step {name} failed: {type(exc).__name__}: {exc}\n"
-                f"what finished is kept: rerun the same command to resume, or delete {folder} to redo this step"
-            ) from exc
-        seconds = time.perf_counter() - started
-        _write_json(marker, {"step": name, "fingerprint": print_, "seconds": seconds, "finished_at": time.time()})
-        self.say(f"{prefix}: done in {_minutes(seconds)}")
-        self.records.append(StepRecord(name, str(folder), False, seconds, seconds))
-        return False
 
 
 def run(cfg: Config, output_dir: str | Path = DEFAULT_OUTPUT, progress: Optional[Progress] = None) -> DemoResult:
@@ -254,7 +177,7 @@ def run(cfg: Config, output_dir: str | Path = DEFAULT_OUTPUT, progress: Optional
             key_interval=demo.example_key_interval, count=demo.example_frames, device=cfg.device,
         )
         written = demo_report.write_report(
-            report_dir, methods, key_interval=demo.example_key_interval, frames=frames, steps=[asdict(r) for r in steps.records],
+            report_dir, methods, key_interval=demo.example_key_interval, frames=frames, steps=steps.as_dicts(),
             machine=machine_description(), wall_s=time.perf_counter() - started, tracking_uri=cfg.mlflow.tracking_uri,
             command=" ".join(sys.argv), config_yaml=cfg.to_yaml(),
         )
@@ -264,7 +187,7 @@ def run(cfg: Config, output_dir: str | Path = DEFAULT_OUTPUT, progress: Optional
     written: Optional[demo_report.WrittenReport] = None
     steps.run("report", report_dir, "", write_report, always=True)
     assert written is not None
-    _write_json(out / TIMINGS_FILE, [asdict(r) for r in steps.records])
+    write_json(out / TIMINGS_FILE, steps.as_dicts())
     wall = time.perf_counter() - started
     result = DemoResult(
         output_dir=out, report=written.markdown, plot=written.plot, frames=written.frames,
@@ -272,7 +195,7 @@ def run(cfg: Config, output_dir: str | Path = DEFAULT_OUTPUT, progress: Optional
         claims_checked=sum(c.reproduced is not None for c in written.claims),
         steps=steps.records, wall_s=wall, tracking_uri=cfg.mlflow.tracking_uri,
     )
-    say(f"semidff demo finished in {_minutes(wall)} ({sum(r.reused for r in steps.records)} of {len(steps.records)} steps reused)")
+    say(f"semidff demo finished in {format_duration(wall)} ({sum(r.reused for r in steps.records)} of {len(steps.records)} steps reused)")
     return result
 
 
@@ -287,23 +210,8 @@ def format_result(result: DemoResult) -> str:
         f"MLflow:  mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1" if db != result.tracking_uri
         else f"MLflow:  {result.tracking_uri}",
         f"lineage: semidff lineage <run id or models:/name/version> --tracking-uri {result.tracking_uri}",
-        f"wall time: {_minutes(result.wall_s)}",
+        f"wall time: {format_duration(result.wall_s)}",
     ])
-
-
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
-
-
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(path: Path, data: Any) -> None:
-    write_text_atomically(path, json.dumps(data, indent=2, default=str))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,10 @@
         teacher_training.data.path=runs/synthetic/dataset.json teacher_training.epochs=8
     semidff train-teacher -c jobs/configs/tiny.yaml -o runs/teacher teacher_training.data.path=...   # the same command
 
+The recipe: config -> inputs checked (the labeled dataset, its classes, a rerun's model) -> Ray: a
+worker group running the plain stage-1 loop (``pipelines.teacher_trainer`` ->
+``semidff.training.teacher_loop``) -> ``teacher.pt``, MLflow, lineage.
+
 What lands in the output folder:
 
 * ``teacher.pt``: the trained R-FCN (``save_model_checkpoint(kind="teacher")``, meta: epochs, steps,
@@ -29,29 +33,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Callable, List, Optional
 
-import numpy as np
-import torch
 import typer
 
 from jobs.cli_common import CONFIG_OPTION, OVERRIDES_ARGUMENT, echo_progress, exit_on, resolve_config, run_module
-from pipelines.train_reporting import (
-    ProgressPump,
-    ProgressReporter,
-    StepMetricLog,
-    load_checkpoint_state,
-    report_checkpoint,
-)
 from semidff.atomic import write_text_atomically
 from semidff.checkpoint import ModelCheckpoint, check_same_model, save_model_checkpoint
 from semidff.config import Config, ConfigError, load_config
 from semidff.data.labeled import LabeledDataError, dataset_digest, load_labeled_dataset
-from semidff.training.teacher_data import LabeledFrames, labeled_frames
+from semidff.training.teacher_data import labeled_frames
+from semidff.training.teacher_loop import TeacherLoopState
 
 STAGE = "train-teacher"
 CHECKPOINT_NAME = "teacher.pt"
-LOSS_TERMS = ("total", "rpn_cls", "rpn_box", "rfcn_cls", "rfcn_box")
 
 
 class TeacherTrainingError(RuntimeError):
@@ -98,7 +93,9 @@ def run(
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipelines.ray_session import cluster_has_gpus, ray_session
+    from pipelines.ray_session import ray_session, use_gpus
+    from pipelines.teacher_trainer import TeacherWorkerSetup, state_of_checkpoint, train_loop_per_worker
+    from pipelines.train_reporting import ProgressPump
     from semidff.tracking import log_input_dataset, record_output, stage_run, tracking_uri_for
 
     say = progress or (lambda line: None)
@@ -129,7 +126,7 @@ def run(
     )
 
     with ray_session(cfg.ray.num_cpus, cfg.ray.address):
-        use_gpu = tcfg.use_gpu if tcfg.use_gpu is not None else cluster_has_gpus()
+        use_gpu = use_gpus(tcfg.use_gpu)
         tracking_uri = tracking_uri_for(cfg, output_dir)
         with stage_run(cfg, STAGE, output_dir, run_name=name) as active:
             run_id = active.info.run_id
@@ -138,13 +135,10 @@ def run(
             lines = ProgressPump(say)
             trainer = TorchTrainer(
                 train_loop_per_worker,
-                train_loop_config={
-                    "cfg": cfg.model_dump(mode="json"),
-                    "frames": ray.put(frames),
-                    "run_id": run_id,
-                    "tracking_uri": tracking_uri,
-                    "progress": lines.queue,
-                },
+                train_loop_config=TeacherWorkerSetup(
+                    cfg=cfg.model_dump(mode="json"), frames=ray.put(frames), run_id=run_id, tracking_uri=tracking_uri,
+                    progress=lines.queue,
+                ).to_dict(),
                 scaling_config=ray.train.ScalingConfig(
                     num_workers=tcfg.num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": tcfg.cpus_per_worker}
                 ),
@@ -161,17 +155,20 @@ def run(
                     result = trainer.fit()
             except ray.train.TrainingFailedError as exc:
                 raise TeacherTrainingError(f"teacher training failed: {exc}") from exc
-            state = _load_state(result.checkpoint)
+            if result.checkpoint is None:
+                raise TeacherTrainingError("teacher training ended without a checkpoint; see the Ray Train log above")
+            saved = state_of_checkpoint(result.checkpoint)
+            state = TeacherLoopState.from_dict(saved)
             meta = {
-                "epochs": int(state["next_epoch"]),
-                "steps": int(state["global_step"]),
-                "final_losses": dict(state["last_epoch_losses"]),
+                "epochs": int(state.next_epoch),
+                "steps": int(state.global_step),
+                "final_losses": dict(state.last_epoch_losses),
                 "dataset_digest": digest,
                 "num_samples": len(frames),
                 "class_names": list(dataset.class_names),
                 "mlflow_run_id": run_id,
             }
-            sha256 = save_model_checkpoint(output_dir / CHECKPOINT_NAME, "teacher", cfg, {"rfcn": state["model"]}, meta=meta)
+            sha256 = save_model_checkpoint(output_dir / CHECKPOINT_NAME, "teacher", cfg, {"rfcn": saved["model"]}, meta=meta)
             mlflow.log_metrics({f"final/{k}": v for k, v in meta["final_losses"].items()})
             mlflow.set_tags({"semidff.teacher.sha256": sha256, "semidff.teacher.path": str(output_dir / CHECKPOINT_NAME)})
             record_output(output_dir, run_id, STAGE, tracking_uri)
@@ -190,136 +187,6 @@ def run(
         num_samples=len(frames),
         wall_s=wall_s,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# On each Ray Train worker
-
-
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """The DDP training loop of one worker (Ray Train V2): restore, train epochs, checkpoint."""
-    import ray
-    import ray.train
-    import ray.train.torch
-
-    from semidff.models.build import build_rfcn
-    from semidff.training.teacher_data import batches_per_epoch, epoch_flips, epoch_order, iterate_batches, shard_for_rank
-    from semidff.training.teacher_step import LearningRateSchedule, build_optimizer, set_learning_rate, train_step, unwrap
-
-    cfg = Config.model_validate(config["cfg"])
-    tcfg = cfg.teacher_training
-    frames: LabeledFrames = ray.get(config["frames"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    torch.set_num_threads(max(1, int(tcfg.cpus_per_worker)))
-
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = ray.train.torch.prepare_model(build_rfcn(cfg.model))
-    rfcn = unwrap(model)
-    optimizer = build_optimizer(rfcn, tcfg, world)
-    steps_per_epoch = batches_per_epoch(len(frames), world, tcfg.batch_size)
-    schedule = LearningRateSchedule.from_config(tcfg, world, steps_per_epoch)
-
-    epoch, start_batch, global_step = 0, 0, 0
-    loss_sums, loss_count = dict.fromkeys(LOSS_TERMS, 0.0), 0
-    last_epoch_losses: dict[str, float] = {}
-    previous_run_id = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        state = _load_state(checkpoint)
-        rfcn.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        epoch, global_step = int(state["next_epoch"]), int(state["global_step"])
-        # Batches of the interrupted epoch already done, in this run's batch size and worker count.
-        start_batch = int(state["samples_done_in_epoch"]) // (world * tcfg.batch_size)
-        loss_sums, loss_count = dict(state["loss_sums"]), int(state["loss_count"])
-        last_epoch_losses = dict(state["last_epoch_losses"])
-        previous_run_id = state.get("mlflow_run_id")
-    torch.manual_seed(int(np.random.SeedSequence([cfg.seed, rank, global_step]).generate_state(1)[0]))  # anchor sampling
-
-    metrics_log = StepMetricLog(config["tracking_uri"], config["run_id"]) if rank == 0 else None
-    report = ProgressReporter(config["progress"] if rank == 0 else None)
-    if metrics_log is not None and checkpoint is not None:
-        # A worker restart within this fit continues this MLflow run: send the steps the cut worker
-        # had checkpointed but maybe not logged. (A rerun opens a new run, which starts here.)
-        metrics_log.restore(state.get("pending_metrics", []), written_for_run_id=previous_run_id)
-        metrics_log.tag("semidff.train_teacher.resumed_at_step", str(global_step))
-        if previous_run_id and previous_run_id != config["run_id"]:
-            metrics_log.tag("semidff.train_teacher.resumed_from_run", previous_run_id)
-        report.line(f"resumed at epoch {epoch + 1}, batch {start_batch}, step {global_step}")
-
-    def state_dict(next_epoch: int, samples_done: int) -> dict[str, Any]:
-        return {
-            "model": rfcn.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "next_epoch": next_epoch,
-            "samples_done_in_epoch": samples_done,
-            "global_step": global_step,
-            "loss_sums": dict(loss_sums),
-            "loss_count": loss_count,
-            "last_epoch_losses": dict(last_epoch_losses),
-            "pending_metrics": metrics_log.rows() if metrics_log is not None else [],
-            "mlflow_run_id": config["run_id"],
-            "world_size": world,
-        }
-
-    if epoch >= tcfg.epochs:  # nothing left to train: hand the restored state back as the result
-        report_checkpoint(rank, state_dict(epoch, 0), {"epoch": epoch, "step": global_step})
-        return
-
-    model.train()
-    last_time = time.perf_counter()
-    while epoch < tcfg.epochs:
-        shard = shard_for_rank(epoch_order(len(frames), cfg.seed, epoch), rank, world)
-        flips = epoch_flips(len(frames), cfg.seed, epoch) if tcfg.horizontal_flip else None
-        batches = iterate_batches(
-            frames, shard, tcfg.batch_size, cfg.preprocess.short_side, cfg.preprocess.max_long_side, flips, start_batch=start_batch
-        )
-        for batch_index, batch in enumerate(batches, start=start_batch):
-            set_learning_rate(optimizer, schedule(global_step))
-            losses = train_step(model, optimizer, batch.to(device), cfg.loss.supervised)
-            global_step += 1
-            now = time.perf_counter()
-            images_per_s = world * losses.num_images / max(now - last_time, 1e-9)  # data wait included
-            last_time = now
-            for term, value in losses.loss_terms().items():
-                loss_sums[term] += value
-            loss_count += 1
-            if metrics_log is not None:
-                metrics_log.add(global_step, {**{f"train/{k}": v for k, v in losses.loss_terms().items()},
-                                              "train/lr": losses.lr, "train/images_per_s": images_per_s,
-                                              "train/epoch": epoch + (batch_index + 1) / steps_per_epoch})
-            end_of_epoch = batch_index + 1 == steps_per_epoch
-            report.maybe_line(
-                f"epoch {epoch + 1}/{tcfg.epochs} batch {batch_index + 1}/{steps_per_epoch} step {global_step} "
-                f"loss {losses.total:.4f} (rpn {losses.rpn_cls:.3f}/{losses.rpn_box:.3f} "
-                f"rfcn {losses.rfcn_cls:.3f}/{losses.rfcn_box:.3f}) lr {losses.lr:.2e} {images_per_s:.1f} images/s",
-                force=end_of_epoch,
-            )
-            if end_of_epoch:
-                last_epoch_losses = {k: v / max(loss_count, 1) for k, v in loss_sums.items()}
-                loss_sums, loss_count = dict.fromkeys(LOSS_TERMS, 0.0), 0
-                if metrics_log is not None:  # before the checkpoint: its state holds these rows too
-                    metrics_log.add(global_step, {f"epoch/{k}": v for k, v in last_epoch_losses.items()})
-                state = state_dict(epoch + 1, 0)
-                metrics = {"epoch": epoch + 1, "step": global_step, **{f"epoch_{k}": v for k, v in last_epoch_losses.items()}}
-            elif global_step % tcfg.checkpoint_every_steps == 0:
-                state = state_dict(epoch, (batch_index + 1) * world * tcfg.batch_size)
-                metrics = {"epoch": epoch, "step": global_step}
-            else:
-                continue
-            report_checkpoint(rank, state, metrics)  # returns once the checkpoint is committed
-            if metrics_log is not None:
-                metrics_log.flush()  # only after a committed checkpoint holds these steps: never logged twice
-        epoch, start_batch = epoch + 1, 0
-
-
-def _load_state(checkpoint: Any) -> dict[str, Any]:
-    """The training state saved in a Ray Train checkpoint (weights_only: plain tensors and numbers)."""
-    if checkpoint is None:
-        raise TeacherTrainingError("teacher training ended without a checkpoint; see the Ray Train log above")
-    return load_checkpoint_state(checkpoint)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""What the two Ray Train stages (``jobs/train_teacher.py``, ``jobs/train_flow.py``) share for
+"""What the two Ray Train stages (``pipelines/teacher_trainer.py``, ``pipelines/flow_trainer.py``) share for
 reporting: checkpoints, per-step MLflow metrics logged exactly once, progress lines from rank 0.
 
     # driver

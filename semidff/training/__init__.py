@@ -4,6 +4,7 @@ Stage 1, the supervised teacher:
 
 * ``teacher_data.py``: its input, labeled frames → resized, flipped images with boxes.
 * ``teacher_step.py``: its step, the supervised R-FCN loss (Eq. 2-3), the optimiser and lr schedule.
+* ``teacher_loop.py``: its epochs, resumable, in one process or one DDP rank.
 
 Stage 2, the feature flow learned from unlabeled video (step A: feature regression, Eq. 4; then
 step B: semantic distillation, Eq. 5-9):

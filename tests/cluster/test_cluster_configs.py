@@ -18,7 +18,8 @@ import yaml
 
 import semidff
 from jobs.cli import app
-from jobs.submit import load_runtime_env, parse_stage_command
+from jobs.submit import parse_stage_command
+from pipelines.job_submission import load_runtime_env
 from semidff.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]

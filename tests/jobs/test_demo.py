@@ -8,8 +8,9 @@ import time
 import pytest
 from PIL import Image
 
-from jobs.demo import DEMO_OVERRIDES, STEP_FILE, TINY_CONFIG, format_result, run
+from jobs.demo import DEMO_OVERRIDES, TINY_CONFIG, format_result, run
 from semidff.config import load_config
+from semidff.demo_steps import STEP_FILE
 
 SMALL = [
     "ray.num_cpus=2",
