@@ -32,6 +32,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from semidff.safe_load import load_weights_only
+
 STATE_FILE = "state.pt"  # the training state inside each Ray Train checkpoint folder
 PROGRESS_EVERY_S = 10.0
 MetricRow = tuple[str, float, int, int]  # (key, value, timestamp in ms, step)
@@ -61,7 +63,7 @@ def report_checkpoint(rank: int, state: dict[str, Any], metrics: dict[str, Any],
 def load_checkpoint_state(checkpoint: Any) -> dict[str, Any]:
     """The state :func:`report_checkpoint` saved in a Ray Train checkpoint (``weights_only``, on CPU)."""
     with checkpoint.as_directory() as folder:
-        return torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+        return load_weights_only(os.path.join(folder, STATE_FILE))
 
 
 class StepMetricLog:

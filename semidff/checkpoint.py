@@ -21,6 +21,7 @@ import torch
 
 from semidff.atomic import atomic_path
 from semidff.config import Config, ConfigError
+from semidff.safe_load import UnreadableFileError, UnsafeFileError, load_weights_only
 
 CHECKPOINT_FORMAT = "semidff-checkpoint/1"
 Kind = Literal["teacher", "flow"]
@@ -91,11 +92,16 @@ def load_model_checkpoint(path: str | Path, expected_kind: Optional[Kind] = None
     if not path.is_file():
         raise ModelCheckpointError(f"checkpoint {path} does not exist")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises several types for unreadable files
+        payload = load_weights_only(path)
+    except UnsafeFileError as exc:
         raise ModelCheckpointError(
-            f"checkpoint {path} could not be read safely ({type(exc).__name__}: {exc}); "
-            "it must be a semidff checkpoint (semidff train-teacher / semidff train write them)"
+            f"checkpoint {path} is not a semidff checkpoint and was not loaded: {exc}. Use a file written by "
+            "semidff train-teacher / semidff train, from a source you trust"
+        ) from None
+    except UnreadableFileError as exc:
+        raise ModelCheckpointError(
+            f"checkpoint {path} could not be read: {exc}; it must be a semidff checkpoint (semidff train-teacher / "
+            "semidff train write them)"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__

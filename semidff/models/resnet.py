@@ -11,13 +11,14 @@ Feature size for an image side ``n`` (conv1 k7 s2 p3, max-pool k3 s2 p1, two str
 """
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from semidff.safe_load import UnreadableFileError, UnsafeFileError, load_weights_only
 
 # depth -> (block kind, units per stage); dff-facts §2.1 gives (3, 4, 23, 3) for ResNet-101.
 _STAGE_UNITS = {
@@ -263,11 +264,11 @@ def load_torchvision_resnet(backbone: ResNetBackbone, path: str | Path) -> list[
             f"state_dict (.pth)"
         )
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
+        loaded = load_weights_only(path)
+    except (UnsafeFileError, UnreadableFileError) as error:
         raise CheckpointError(
-            f"{path}: refused to load; only plain tensor checkpoints are accepted (weights_only=True). {error}"
-        ) from error
+            f"{path}: refused to load; only plain tensor checkpoints are accepted (weights_only=True): {error}"
+        ) from None
     state = _unwrap_state_dict(loaded, path)
 
     ignored = sorted(k for k in state if _is_ignored(k))
