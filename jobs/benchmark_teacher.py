@@ -1,4 +1,4 @@
-"""Benchmark (issue 3 evidence): train the tiny teacher on the synthetic set on this machine, then
+"""Benchmark: train the tiny teacher on the synthetic set on this machine, then
 its val mAP@0.5 in ``frame`` and ``copy`` mode at key interval 10.
 
     python -m jobs.benchmark_teacher -o runs/benchmark_teacher              # jobs/configs/tiny.yaml

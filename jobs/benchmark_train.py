@@ -1,4 +1,4 @@
-"""Benchmark (issue 5 evidence): (key, current) pairs/s per worker of the Ray Train flow loop against
+"""Benchmark: (key, current) pairs/s per worker of the Ray Train flow loop against
 a bare single-process torch loop over the same teacher cache.
 
     python -m jobs.benchmark_train -o runs/benchmark_train                     # jobs/configs/tiny.yaml

@@ -140,8 +140,6 @@ def run(
     name = run_name or default_run_name(cfg, teacher.sha256, source)
     run_dir = output / "ray_results" / name
     refuse_changed_config(cfg, run_dir)
-    write_text_atomically(run_dir / "config.yaml", cfg.to_yaml())
-    write_text_atomically(output / "config.yaml", cfg.to_yaml())
     counts = {step: plan.count(step) for step in dict.fromkeys(plan)}
     say(
         f"train: {' then '.join(f'{n} epoch(s) {step} (d in {list(source.offsets[step])})' for step, n in counts.items())}; "
@@ -152,9 +150,11 @@ def run(
     with ray_session(cfg.ray.num_cpus, cfg.ray.address):
         use_gpu = use_gpus(tcfg.use_gpu)
         reader_cpus = cfg.clips.num_cpus if source.kind == "on_the_fly" else 0.25
-        datasets = pair_datasets(cfg, source, plan, read_cpus=data_cpus(cfg, reader_cpus, tcfg.num_workers * tcfg.cpus_per_worker,
-                                                                        "training.cpus_per_worker or training.num_workers"
-                                                                        + (", or clips.num_cpus" if source.kind == "on_the_fly" else ""), say))
+        read_cpus = data_cpus(cfg, reader_cpus, tcfg.num_workers * tcfg.cpus_per_worker,  # refuses a run that would hang
+                              "training.cpus_per_worker or training.num_workers" + (", or clips.num_cpus" if source.kind == "on_the_fly" else ""), say)
+        write_text_atomically(run_dir / "config.yaml", cfg.to_yaml())  # the first output: every input is known to be good
+        write_text_atomically(output / "config.yaml", cfg.to_yaml())
+        datasets = pair_datasets(cfg, source, plan, read_cpus=read_cpus)
         tracking_uri = tracking_uri_for(cfg, output)
         tags = {"semidff.train.schedule": tcfg.schedule, "semidff.train.teacher_source": source.kind, "semidff.train.ray_run": str(run_dir)}
         has_checkpoint = (run_dir / "checkpoint_manager_snapshot.json").is_file()  # else cut before its first checkpoint

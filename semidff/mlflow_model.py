@@ -31,7 +31,7 @@ PIP_REQUIREMENTS = ["torch", "numpy", "pyarrow", "av", "decord", "pydantic", "py
 class VideoDetectorModel(mlflow.pyfunc.PythonModel):
     """The pyfunc face of a semidff detector (see the module docstring for inputs and outputs)."""
 
-    def load_context(self, context: Any) -> None:
+    def load_context(self, context):  # no type hints: MLflow reads them as a (wrong) input schema
         from semidff.checkpoint import load_model_checkpoint
 
         self.teacher_path = context.artifacts[TEACHER_ARTIFACT]
@@ -48,7 +48,7 @@ class VideoDetectorModel(mlflow.pyfunc.PythonModel):
             self._loaded[(mode, key_interval)] = load_detector(self.teacher_path, self.flow_path, mode=mode, key_interval=key_interval)
         return self._loaded[(mode, key_interval)]
 
-    def predict(self, context: Any, model_input: Any, params: Optional[dict[str, Any]] = None) -> Any:
+    def predict(self, context, model_input, params=None):
         import pandas as pd
         import torch
 

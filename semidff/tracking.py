@@ -105,10 +105,11 @@ def stage_run(
     tracking_uri = tracking_uri_for(cfg, output_dir)
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        use_experiment(cfg.mlflow.experiment, tracking_uri)
+        experiment = use_experiment(cfg.mlflow.experiment, tracking_uri)
         all_tags = {STAGE_TAG: stage, OUTPUT_TAG: str(output_dir)} | dict(tags or {})
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
+        end_orphaned_runs(experiment.experiment_id, stage, str(output_dir))
         with mlflow.start_run(run_name=run_name or stage, tags=all_tags) as run:
             if log_params:
                 params = flatten(cfg.model_dump(mode="json"))
@@ -222,6 +223,25 @@ def register_model_version(name: Optional[str], model_uri: str, run_id: str, tag
     for alias in aliases:
         client.set_registered_model_alias(name, alias, number)
     return number
+
+
+def end_orphaned_runs(experiment_id: str, stage: str, output_dir: str) -> list[str]:
+    """Mark KILLED the runs of ``stage`` on ``output_dir`` in the experiment that are still
+    RUNNING: a stage's run on an output folder ends when its process ends, so one left RUNNING when
+    the same stage starts on the same folder again belongs to a killed job. Returns their ids."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    quoted = output_dir.replace("'", "\\'")
+    orphans = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{STAGE_TAG}` = '{stage}' and tags.`{OUTPUT_TAG}` = '{quoted}' and attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
+    for run in orphans:
+        client.set_tag(run.info.run_id, "semidff.ended_by", "a later run of this stage on the same output (this one's process had died)")
+        client.set_terminated(run.info.run_id, "KILLED")
+    return [run.info.run_id for run in orphans]
 
 
 def log_input_dataset(

@@ -71,3 +71,20 @@ def test_artifact_location_only_for_local_sqlite_files(tmp_path, elsewhere):
     assert artifact_location_for("sqlite:///:memory:") is None
     assert artifact_location_for("http://127.0.0.1:5000") is None
     assert artifact_location_for("databricks") is None
+
+
+def test_a_killed_runs_mlflow_run_is_ended_when_the_stage_runs_again_on_its_output(tmp_path, elsewhere):
+    out, other = tmp_path / "out", tmp_path / "other"
+    cfg = load_config(None)
+    with stage_run(cfg, "cache", out) as first:
+        pass
+    client = MlflowClient(tracking_uri_for(cfg, out))
+    # A run whose process was killed: it never ended (the same tags a stage run has).
+    experiment_id = first.info.experiment_id
+    killed = client.create_run(experiment_id, tags={"semidff.stage": "cache", "semidff.output": str(out)}).info.run_id
+    elsewhere_run = client.create_run(experiment_id, tags={"semidff.stage": "cache", "semidff.output": str(other)}).info.run_id
+    with stage_run(cfg, "cache", out) as second:
+        assert client.get_run(second.info.run_id).info.status == "RUNNING"
+    assert client.get_run(killed).info.status == "KILLED" and "later run" in client.get_run(killed).data.tags["semidff.ended_by"]
+    assert client.get_run(first.info.run_id).info.status == "FINISHED" and client.get_run(second.info.run_id).info.status == "FINISHED"
+    assert client.get_run(elsewhere_run).info.status == "RUNNING"  # another output's run is not this stage's business

@@ -56,7 +56,9 @@ def check_inputs(
     """
     from semidff.cache.files import cache_digest
     from semidff.cache.info import CacheExpectation, read_cache_info
-    from semidff.rows import MANIFEST_FILE
+    import pyarrow.parquet as pq
+
+    from semidff.rows import MANIFEST_FILE, ManifestRow, NoUsableVideoError, usable_videos
     from semidff.tracking import producing_run
 
     plan = epoch_plan(cfg.training)
@@ -104,6 +106,10 @@ def check_inputs(
     manifest = Path(manifest_dir).expanduser() / MANIFEST_FILE
     if not manifest.is_file():
         raise FlowTrainingError(f"{manifest_dir}: no {MANIFEST_FILE} there (build it with semidff manifest VIDEOS -o {manifest_dir})")
+    try:
+        usable_videos(ManifestRow.from_arrow(pq.read_table(manifest)), manifest_dir)
+    except NoUsableVideoError as exc:
+        raise FlowTrainingError(f"{exc}; nothing to train on") from None
     low, high = cfg.clips.offset_range
     needed = max(hi for _, hi in offsets.values())
     if high < needed or low > 1:
