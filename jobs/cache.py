@@ -11,6 +11,7 @@ the cache folder with it. Rerunning on the same output skips the clips already w
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -20,10 +21,13 @@ import typer
 
 from jobs.cli_common import CONFIG_OPTION, OVERRIDES_ARGUMENT, DefaultCommandGroup, echo_progress, exit_on, group_app, resolve_config, run_module
 from pipelines.ray_session import is_local, ray_session
-from pipelines.teacher_cache import CacheSummary, build_teacher_cache
+from pipelines.manifest import read_manifest_rows
+from pipelines.teacher_cache import CacheSummary, build_teacher_cache, check_cache_matches, check_cpu_headroom
 from semidff.cache.files import inspect_cache
-from semidff.cache.info import INFO_FILE, CacheError, cache_location, read_cache_info
-from semidff.checkpoint import ModelCheckpointError, file_sha256
+from semidff.atomic import write_to_filesystem_atomically
+from semidff.cache.info import INFO_FILE, CacheError, CacheInfo, cache_location, read_cache_info
+from semidff.checkpoint import ModelCheckpointError, load_model_checkpoint
+from semidff.rows import usable_videos
 from semidff.config import Config
 from semidff.tracking import log_input_dataset, producing_run, record_output, stage_run, tracking_uri_for
 
@@ -37,38 +41,51 @@ def run(cfg: Config, manifest_dir: str, teacher_checkpoint: str, output_dir: str
     Raises CacheError (e.g. CacheMismatchError for a cache of other settings in ``output_dir``),
     ModelCheckpointError for an unusable teacher, ValueError for an unusable manifest.
     """
+    progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    # Everything knowable is checked before Ray starts or anything is written.
+    manifest_digest = _manifest_digest(manifest_dir)
+    if not Path(teacher_checkpoint).is_file():
+        raise ModelCheckpointError(f"teacher checkpoint {teacher_checkpoint} does not exist (semidff train-teacher writes one)")
+    teacher = load_model_checkpoint(teacher_checkpoint, "teacher")  # a flow checkpoint or another file is refused here
+    teacher_sha256 = teacher.sha256
+    usable_videos(read_manifest_rows(manifest_dir).values(), manifest_dir)
+    check_cache_matches(output_dir, CacheInfo.create(cfg, teacher, teacher_path=os.path.abspath(teacher_checkpoint)))
+    local_ray = is_local(cfg.ray.address)
+    with ray_session(cfg.ray.num_cpus, cfg.ray.address):
+        check_cpu_headroom(cfg, local_ray, progress)  # needs the cluster's CPUs; before any output
+        with stage_run(cfg, "cache", output_dir) as active:
+            summary = _build(cfg, manifest_dir, teacher_checkpoint, output_dir, manifest_digest, teacher_sha256, progress, local_ray, active)
+    return summary
+
+
+def _build(cfg: Config, manifest_dir: str, teacher_checkpoint: str, output_dir: str, manifest_digest: str, teacher_sha256: str,
+           progress: Callable[[str], None], local_ray: bool, active) -> CacheSummary:
+    """The cache stage's work inside its Ray session and MLflow run."""
     import mlflow
 
-    progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
-    manifest_digest = _manifest_digest(manifest_dir)
-    teacher_sha256 = file_sha256(teacher_checkpoint) if Path(teacher_checkpoint).is_file() else None
-    if teacher_sha256 is None:
-        raise ModelCheckpointError(f"teacher checkpoint {teacher_checkpoint} does not exist (semidff train-teacher writes one)")
-    local_ray = is_local(cfg.ray.address)
-    with ray_session(cfg.ray.num_cpus, cfg.ray.address), stage_run(cfg, "cache", output_dir) as active:
-        producer = producing_run(manifest_dir)
-        log_input_dataset(
-            "manifest", source=manifest_dir, digest=manifest_digest, context="videos", producer_run_id=producer["run_id"] if producer else None
-        )
-        log_input_dataset("teacher", source=teacher_checkpoint, digest=teacher_sha256, context="teacher")
-        summary = build_teacher_cache(cfg, manifest_dir, teacher_checkpoint, output_dir, progress=progress, local_ray=local_ray)
-        mlflow.log_metrics(
-            {
-                "clips_written": summary.written,
-                "clips_ok": summary.written_ok,
-                "clips_failed": summary.written_failed,
-                "clips_skipped": summary.skipped,
-                "clips_in_cache": summary.clips_in_cache,
-                "pairs_written": summary.pairs_written,
-                "files_written": summary.files_written,
-                "clips_per_s": summary.clips_per_s,
-                "seconds": summary.seconds,
-            }
-        )
-        mlflow.log_text(read_cache_info(output_dir).to_json(), INFO_FILE)
-        mlflow.log_text(summary.format(), "cache_summary.txt")
-        _write_config(cfg, output_dir)
-        record_output(output_dir, active.info.run_id, stage="cache", tracking_uri=tracking_uri_for(cfg, output_dir))
+    producer = producing_run(manifest_dir)
+    log_input_dataset(
+        "manifest", source=manifest_dir, digest=manifest_digest, context="videos", producer_run_id=producer["run_id"] if producer else None
+    )
+    log_input_dataset("teacher", source=teacher_checkpoint, digest=teacher_sha256, context="teacher")
+    summary = build_teacher_cache(cfg, manifest_dir, teacher_checkpoint, output_dir, progress=progress, local_ray=local_ray)
+    mlflow.log_metrics(
+        {
+            "clips_written": summary.written,
+            "clips_ok": summary.written_ok,
+            "clips_failed": summary.written_failed,
+            "clips_skipped": summary.skipped,
+            "clips_in_cache": summary.clips_in_cache,
+            "pairs_written": summary.pairs_written,
+            "files_written": summary.files_written,
+            "clips_per_s": summary.clips_per_s,
+            "seconds": summary.seconds,
+        }
+    )
+    mlflow.log_text(read_cache_info(output_dir).to_json(), INFO_FILE)
+    mlflow.log_text(summary.format(), "cache_summary.txt")
+    _write_config(cfg, output_dir)
+    record_output(output_dir, active.info.run_id, stage="cache", tracking_uri=tracking_uri_for(cfg, output_dir))
     return summary
 
 
@@ -92,8 +109,7 @@ def _manifest_digest(manifest_dir: str) -> str:
 def _write_config(cfg: Config, output_dir: str) -> None:
     """The resolved config of the latest run, next to the cache."""
     filesystem, base = cache_location(output_dir)
-    with filesystem.open_output_stream(f"{base}/config.yaml") as stream:
-        stream.write(cfg.to_yaml().encode("utf-8"))
+    write_to_filesystem_atomically(filesystem, f"{base}/config.yaml", cfg.to_yaml().encode("utf-8"))
 
 
 def inspect(cache_dir: str, as_json: bool = False) -> int:

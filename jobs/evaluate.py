@@ -1,9 +1,13 @@
 """Evaluate a teacher (``frame``, ``copy`` mode) and a flow model (``flow`` mode) on labeled video:
 ImageNet VID mAP@0.5, per-class AP, motion-bucket mAPs and frames/s for every mode and key interval.
+``oracle`` mode runs the teacher with its key-frame features warped by the true motion, on a
+generated corpus that stores it (``semidff.data.synthetic_motion``): the ceiling of any learned flow.
 
     python -m jobs.evaluate -c jobs/configs/tiny.yaml --teacher out/teacher/teacher.pt --flow out/flow/flow.pt \\
         -o out/eval evaluation.data.path=data/synthetic/dataset.json --modes frame,copy,flow --key-intervals 1,5,10
     semidff evaluate --teacher ... --flow ... -o out/eval -c ...            # the same command
+    semidff evaluate --teacher ... -o out/eval -c ... evaluation.data.path=runs/motion_val/dataset.json \
+        --modes frame,copy,oracle --key-intervals 1,5,10,20                    # + the true-motion ceiling
 
 The config must describe the checkpoints' models (pass the config they were trained with): a
 checkpoint whose ``model`` section differs is refused with the differing keys. The dataset is
@@ -25,7 +29,7 @@ from semidff.config import Config, ConfigError
 from semidff.data.labeled import LabeledDataError, annotations_digest, dataset_digest, load_labeled_dataset
 from semidff.data.records import LabeledDataset
 from semidff.evaluation.report import EvaluationReport, format_report, metrics_for, write_outputs
-from semidff.evaluation.run import EvaluationError, category_ids, evaluate_runs, plan_runs
+from semidff.evaluation.run import EvaluationError, category_ids, evaluate_runs, plan_runs, true_motions_for
 
 Progress = Callable[[str], None]
 STAGE = "evaluate"
@@ -107,6 +111,7 @@ def run(
     if isinstance(trained_names, list) and [str(n) for n in trained_names] != dataset.class_names:
         say(f"note: the teacher was trained on classes {trained_names}, the dataset names {dataset.class_names}; "
             "labels are matched by position")
+    motions = true_motions_for(dataset) if any(r.mode == "oracle" for r in runs) else None
     ids = category_ids(data, dataset)
     data_path = Path(data.path).expanduser()
     scored_digest = annotations_digest(dataset)  # what was scored (max_videos included)
@@ -156,7 +161,7 @@ def run(
         results = evaluate_runs(
             dataset, runs, teacher_rfcn, student_rfcn, propagator,
             short_side=cfg.preprocess.short_side, max_long_side=cfg.preprocess.max_long_side,
-            relaxed_small_objects=cfg.evaluation.relaxed_small_objects, progress=say,
+            relaxed_small_objects=cfg.evaluation.relaxed_small_objects, progress=say, motions=motions,
         )
         files = write_outputs(results, output, ids, header)
         files["config"] = config_path
@@ -206,7 +211,7 @@ def evaluate_command(
     flow: Optional[Path] = typer.Option(None, "--flow", help="flow checkpoint (semidff train): its student R-FCN and flow net run flow mode"),
     output: Path = typer.Option(..., "--output", "-o", help="output folder: evaluation.md, results.json, evaluation.png, predictions/, config.yaml"),
     config: Optional[Path] = CONFIG_OPTION,
-    modes: Optional[str] = typer.Option(None, "--modes", help="comma-separated modes, e.g. frame,copy,flow (default: evaluation.modes)"),
+    modes: Optional[str] = typer.Option(None, "--modes", help="comma-separated modes of frame, copy, flow, oracle (the true motion; generated corpora), e.g. frame,copy,flow (default: evaluation.modes)"),
     key_intervals: Optional[str] = typer.Option(None, "--key-intervals", help="comma-separated ΔTs, e.g. 1,5,10 (default: evaluation.key_intervals)"),
     max_videos: Optional[int] = typer.Option(None, "--max-videos", min=1, help="evaluate only the dataset's first N videos"),
 ) -> None:

@@ -54,9 +54,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 
-from pipelines.manifest import read_manifest_rows
+from pipelines.manifest import has_manifest, read_manifest_rows
 from semidff.atomic import write_parquet_atomically
-from semidff.rows import CLIP_SCHEMA, MANIFEST_FILE, STATUS_OK, ClipFrames, ClipResult, ClipRow, ManifestRow
+from semidff.rows import CLIP_SCHEMA, MANIFEST_FILE, STATUS_OK, ClipFrames, ClipResult, ClipRow, ManifestRow, usable_videos
 from semidff.video.clip_plan import REASON_CANNOT_PLAN, REGRESSION_OFFSETS, WHOLE_VIDEO, VideoPlan, plan_clips, plan_video
 from semidff.video.clip_plan import REASON_TOO_SHORT  # noqa: F401 - also imported from here
 from semidff.video.decode import DECODER_AUTO, DECODERS, VideoOpenError, open_video
@@ -180,8 +180,9 @@ def _manifest_rows(videos: Union[str, Sequence[Video]]) -> list[Video]:
         # the file itself, also as a bare "manifest.parquet" in the working directory
         directory = (posixpath.dirname(path) or ".") if posixpath.basename(path) == MANIFEST_FILE else videos
         rows = list(read_manifest_rows(directory).values())
-        if not rows:
+        if not rows and not has_manifest(directory):
             raise ValueError(f"{videos}: no {MANIFEST_FILE} there; build it first (semidff manifest VIDEOS -o {directory})")
+        usable_videos(rows, directory)  # a manifest of no usable video: say so, never plan nothing
         return rows
     return list(videos)
 

@@ -171,7 +171,8 @@ def _hidden(relative_path: str) -> bool:
 def _walk(filesystem: pafs.FileSystem, directory: str) -> list[str]:
     """Files under ``directory`` (recursively) with a video extension, hidden names skipped."""
     if isinstance(filesystem, pafs.LocalFileSystem):
-        return [path for path in _local_tree(directory, skip_hidden=True) if _extension(path) in VIDEO_EXTENSIONS]
+        # a folder in the tree is one that could not be listed: kept, it becomes a "permission denied" row
+        return [path for path in _local_tree(directory, skip_hidden=True) if _extension(path) in VIDEO_EXTENSIONS or os.path.isdir(path)]
     entries = filesystem.get_file_info(pafs.FileSelector(directory, recursive=True))
     return sorted(
         e.path
@@ -190,7 +191,8 @@ def _local_tree(directory: str, skip_hidden: bool) -> list[str]:
     under ever longer paths (pyarrow follows a loop until ELOOP), each one a duplicate video. The
     real directories under ``directory`` come first, so their files keep their own paths. Symlinked
     files are kept as they are (their own path, their own video_id); a broken link is kept too,
-    so that it becomes a "missing file" row instead of vanishing. Unreadable folders raise OSError.
+    so that it becomes a "missing file" row instead of vanishing. A subfolder that cannot be listed
+    is kept as an entry too (a "permission denied" row); the input folder itself raises OSError.
     Duplicates are cut within one listing: two inputs that reach the same folder list it twice.
     """
     listed: set[str] = set()
@@ -204,8 +206,14 @@ def _local_tree(directory: str, skip_hidden: bool) -> list[str]:
             if real in listed:
                 continue
             listed.add(real)
-            with os.scandir(current) as scan:
-                entries = sorted(scan, key=lambda entry: entry.name, reverse=True)
+            try:
+                with os.scandir(current) as scan:
+                    entries = sorted(scan, key=lambda entry: entry.name, reverse=True)
+            except PermissionError:
+                if current == directory:
+                    raise  # the input itself: the caller names it
+                found.append(current)  # a subfolder that cannot be listed becomes a row (the probe says why); the rest goes on
+                continue
             for entry in entries:
                 if skip_hidden and entry.name.startswith("."):
                     continue
@@ -439,6 +447,12 @@ def _existing_parts(filesystem: pafs.FileSystem, base: str) -> list[str]:
     entries = filesystem.get_file_info(pafs.FileSelector(f"{base}/{PARTS_DIR}", allow_not_found=True))
     names = (e.path for e in entries if e.type == pafs.FileType.File)
     return sorted(p for p in names if posixpath.basename(p).startswith("part-") and p.endswith(".parquet"))
+
+
+def has_manifest(output_dir: str) -> bool:
+    """Whether ``output_dir`` holds a manifest file (perhaps with no row)."""
+    filesystem, base = _output_location(output_dir)
+    return filesystem.get_file_info(f"{base}/{MANIFEST_FILE}").type == pafs.FileType.File
 
 
 def read_manifest_rows(output_dir: str) -> dict[str, ManifestRow]:

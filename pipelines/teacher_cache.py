@@ -348,32 +348,39 @@ def _plan_args(cfg) -> dict[str, Any]:
     return {name: value for name, value in clip_dataset_arguments(cfg).items() if name in PLAN_KEYS}
 
 
-def open_cache_dir(cache_dir: str, info: CacheInfo) -> CacheInfo:
-    """Create the cache directory's record, or check that an existing cache holds the same kind
-    of content (else CacheMismatchError); remove what a killed writer left. Returns the record in
-    force (an existing cache keeps its own, e.g. its creation time)."""
+def check_cache_matches(cache_dir: str, info: CacheInfo) -> Optional[CacheInfo]:
+    """The record of the cache already in ``cache_dir`` (None when there is none), checked to hold
+    the same kind of content as ``info`` (else CacheMismatchError). Reads only: a run checks this
+    before it starts Ray or writes anything."""
     filesystem, base = cache_location(cache_dir)
-    filesystem.create_dir(base, recursive=True)
-    for path in temporary_files(cache_dir):
-        filesystem.delete_file(path)
     existing: Optional[CacheInfo] = None
     if filesystem.get_file_info(posixpath.join(base, INFO_FILE)).type != pafs.FileType.NotFound:
         existing = read_cache_info(cache_dir)
-    elif (files := list_cache_files(cache_dir)):  # the record was lost: the files still say what they hold
-        existing = file_cache_info(open_cache_file(filesystem, files[0]), files[0])
-    if existing is None:
-        write_cache_info(info, cache_dir)
-        return info
-    differences = existing.differences(info)
+    elif filesystem.get_file_info(base).type == pafs.FileType.Directory and (files := list_cache_files(cache_dir)):
+        existing = file_cache_info(open_cache_file(filesystem, files[0]), files[0])  # the record was lost: the files say
+    differences = existing.differences(info) if existing is not None else []
     if differences:
         raise CacheMismatchError(
             f"{cache_dir} already holds a teacher cache built with other settings:\n  "
             + "\n  ".join(f"{name}: the cache has {mine!r}, this run {theirs!r}" for name, mine, theirs in differences)
             + "\nWrite to a new directory (-o), or run with the cache's settings (semidff cache inspect shows them)."
         )
-    if filesystem.get_file_info(posixpath.join(base, INFO_FILE)).type == pafs.FileType.NotFound:
-        write_cache_info(existing, cache_dir)
     return existing
+
+
+def open_cache_dir(cache_dir: str, info: CacheInfo) -> CacheInfo:
+    """Create the cache directory's record, or check that an existing cache holds the same kind
+    of content (else CacheMismatchError); remove what a killed writer left. Returns the record in
+    force (an existing cache keeps its own, e.g. its creation time)."""
+    existing = check_cache_matches(cache_dir, info)
+    filesystem, base = cache_location(cache_dir)
+    filesystem.create_dir(base, recursive=True)
+    for path in temporary_files(cache_dir):
+        filesystem.delete_file(path)
+    record = existing or info
+    if filesystem.get_file_info(posixpath.join(base, INFO_FILE)).type == pafs.FileType.NotFound:
+        write_cache_info(record, cache_dir)
+    return record
 
 
 def build_teacher_cache(

@@ -273,7 +273,10 @@ class TuneConfig(_Section):
 
 class EvaluationConfig(_Section):
     data: TeacherDataConfig = Field(default_factory=lambda: TeacherDataConfig(split="val"))
-    modes: list[Literal["frame", "copy", "flow"]] = Field(default_factory=lambda: ["frame", "copy", "flow"], min_length=1)
+    modes: list[Literal["frame", "copy", "flow", "oracle"]] = Field(
+        default_factory=lambda: ["frame", "copy", "flow"], min_length=1,
+        description="oracle: the teacher's key-frame features warped by the true motion (generated corpora only)",
+    )
     key_intervals: list[int] = Field(default_factory=lambda: [1, 5, 10, 20], min_length=1)
     relaxed_small_objects: bool = Field(True, description="ImageNet VID per-GT threshold relaxation; false: plain IoU 0.5")
 

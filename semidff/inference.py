@@ -58,6 +58,9 @@ def load_detector(
     mode = mode or ("flow" if flow_checkpoint else "frame")
     if mode not in MODES:
         raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
+    if mode == "oracle":
+        raise ValueError("mode=oracle warps by the true motion of a generated video and runs only in `semidff evaluate`; "
+                         "use frame, copy or flow")
     if key_interval < 1:
         raise ValueError(f"key_interval={key_interval}: must be >= 1")
     if mode == "flow" and not flow_checkpoint:
@@ -79,17 +82,65 @@ def load_detector(
 
 def annotated_frames(
     loaded: LoadedDetector,
-    frames: Iterable[np.ndarray],
+    frames: Iterable[Optional[np.ndarray]],
     timing: VideoTiming,
     score_threshold: float = 0.5,
+    frame_shape: Optional[tuple[int, int]] = None,
 ) -> Iterator[tuple[FrameResult, np.ndarray]]:
     """(result, annotated copy) of each decoded (H, W, 3) uint8 RGB frame, in order: boxes, class
     names and scores, the frame's kind (key / flow / copied) and the detector's frames/s so far
-    in the banner, key frames in green and propagated ones in orange (:func:`draw_detections`)."""
+    in the banner, key frames in green and propagated ones in orange (:func:`draw_detections`).
+
+    A ``None`` among the frames is a frame that did not decode: its result is marked ``lost`` and
+    its image is a grey placeholder saying so (:func:`lost_frame_image`), of ``frame_shape``
+    (height, width; default: the size of the frames around it), so the output keeps every frame
+    of the source at its time."""
     from semidff.visualize import draw_detections
 
     detector = loaded.detector
+    shape = frame_shape
     for frame, result in detector.stream(frames, timing, loaded.short_side, loaded.max_long_side):
+        if result.lost:
+            yield result, lost_frame_image(result.frame_index, shape or (64, 64))
+            continue
+        shape = shape or tuple(np.asarray(frame).shape[:2])
         kind = "key" if result.is_key else ("copied" if detector.mode == "copy" else "flow")
         banner = f"{kind} | {detector.mode} dT={detector.key_interval} | {timing.compute_fps:.1f} fps"
         yield result, draw_detections(frame, result.detections, loaded.class_names, banner, result.is_key, score_threshold)
+
+
+LOST_COLOR = (128, 128, 128)  # the placeholder of a frame that did not decode
+
+
+def lost_frame_image(frame_index: int, shape: tuple[int, int]) -> np.ndarray:
+    """A (height, width, 3) uint8 grey frame with a red border and "frame N did not decode": what
+    an annotated video shows in place of a frame of the source that did not decode."""
+    from PIL import Image, ImageDraw
+
+    height, width = int(shape[0]), int(shape[1])
+    image = Image.new("RGB", (width, height), LOST_COLOR)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([0, 0, width - 1, height - 1], outline=(220, 0, 0), width=3)
+    draw.text((4, 4), f"lost | frame {frame_index} did not decode", fill=(255, 255, 255))
+    return np.asarray(image)
+
+
+def prediction_record(result: FrameResult, class_names: list[str], score_threshold: float = 0.5, fps: Optional[float] = None) -> dict:
+    """One frame's predictions as plain data (a line of ``semidff detect``'s predictions file):
+    frame index, time in seconds (when ``fps`` is known), kind ("key", "propagated" or "lost": the
+    frame did not decode and has no detections) and the detections scoring at least
+    ``score_threshold``: box (x1, y1, x2, y2, original pixels), class name, score."""
+    detections = result.detections
+    boxes = detections.boxes.detach().cpu().float().tolist()
+    scores = detections.scores.detach().cpu().float().tolist()
+    labels = detections.labels.detach().cpu().tolist()
+    found = [
+        dict(box=[round(v, 2) for v in box], label=int(label), name=class_names[int(label) - 1] if 1 <= int(label) <= len(class_names) else f"class {int(label)}", score=round(score, 4))
+        for box, score, label in zip(boxes, scores, labels)
+        if score >= score_threshold
+    ]
+    kind = "lost" if result.lost else ("key" if result.is_key else "propagated")
+    record = dict(frame=result.frame_index, kind=kind, detections=found)
+    if fps:
+        record["time_s"] = round(result.frame_index / fps, 4)
+    return record

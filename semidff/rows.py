@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterable, Mapping, Optional, Sequence, TypeVar, Union
 
@@ -104,8 +105,23 @@ MANIFEST_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("reason", pa.string()),
         ("error", pa.string()),
+        ("declared_frames", pa.int64()),
+        ("fps_source", pa.string()),
+        ("note", pa.string()),
     ]
 )
+_MANIFEST_ADDED = ("declared_frames", "fps_source", "note")  # columns a manifest of an earlier version lacks: read as their defaults
+
+_TERMINAL_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def clean_text(text: Optional[str]) -> str:
+    """``text`` fit to be stored and shown anywhere: terminal escapes (the colours of Ray's and
+    decord's error texts) and other control characters removed, tabs and newlines kept."""
+    if not text:
+        return ""
+    return _CONTROL.sub("", _TERMINAL_ESCAPE.sub("", str(text)))
 
 
 @dataclass(frozen=True)
@@ -117,14 +133,24 @@ class ManifestRow(_ArrowRow):
     video_id: 16 hex digits of the SHA-1 of the normalised URI (``semidff.video.probe.video_id_for``).
     uri: the normalised path or URI (local paths absolute).
     size_bytes: the file's size in bytes.
-    num_frames: frames of the video stream; frame indices elsewhere are 0 .. num_frames - 1.
-    fps: num_frames / duration_s, frames per second (the mean rate, also for variable frame rate).
-    width, height: of the original frames, pixels.
-    duration_s: end of the last frame minus start of the first, seconds (container timestamps).
-    variable_frame_rate: frame intervals differ by more than 10 %.
+    num_frames: frames of the video stream that decode; frame indices elsewhere are 0 .. num_frames - 1.
+    fps: frames per second: num_frames / duration_s from the frames' timestamps (the mean rate, also
+        for variable frame rate), or the stream's declared rate (see fps_source).
+    width, height: of the frames as displayed (the container's display rotation applied), pixels.
+    duration_s: end of the last frame minus start of the first, seconds (container timestamps);
+        num_frames / fps where the rate is the declared one.
+    variable_frame_rate: frame intervals differ by more than 10 % (None: not known).
     status: "ok" (usable: its first and last frames decode) or "error" (see reason and error).
     reason: short category of the problem, a ``semidff.video.probe.REASON_*`` ("" when ok).
     error: the message naming the file and the fix ("" when ok).
+    declared_frames: the frames the container declares (its header or its index, the larger);
+        more than num_frames when the video is truncated (:attr:`truncated`). None when unknown.
+    fps_source: "timestamps" or "container" (the stream's declared rate: some frames have no
+        timestamp, or the video is truncated); "" when the row has no fps.
+    note: what an "ok" row's numbers rest on when it is not the plain case, in words: truncated,
+        rate inferred, a decoder that cannot read it ("" otherwise).
+
+    Texts are stored clean (:func:`clean_text`: no terminal escapes or control characters).
     """
 
     SCHEMA = MANIFEST_SCHEMA  # a class attribute (not a field)
@@ -141,10 +167,34 @@ class ManifestRow(_ArrowRow):
     status: str
     reason: str = ""
     error: str = ""
+    declared_frames: Optional[int] = None
+    fps_source: str = ""
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("reason", "error", "note", "fps_source"):
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, clean_text(getattr(self, name)))
 
     @property
     def ok(self) -> bool:
         return self.status == STATUS_OK
+
+    @property
+    def truncated(self) -> bool:
+        """The container declares more frames than decode (num_frames counts those that do)."""
+        return self.declared_frames is not None and self.num_frames is not None and self.num_frames < self.declared_frames
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table) -> list["ManifestRow"]:
+        """As :meth:`_ArrowRow.from_arrow`; a manifest written before the columns
+        ``declared_frames``, ``fps_source`` and ``note`` existed reads with their defaults."""
+        for name in _MANIFEST_ADDED:
+            if name not in table.column_names:
+                field = MANIFEST_SCHEMA.field(name)
+                default = None if field.type == pa.int64() else ""
+                table = table.append_column(field, pa.array([default] * table.num_rows, field.type))
+        return super().from_arrow(table)
 
     def to_row(self) -> dict:
         """The row as a plain dict (the same as :meth:`to_dict`)."""
@@ -218,6 +268,11 @@ class ClipFailure:
     clip: ClipSpec
     reason: str
     error: str
+
+    def __post_init__(self) -> None:
+        for name in ("reason", "error"):
+            if isinstance(getattr(self, name), str):
+                object.__setattr__(self, name, clean_text(getattr(self, name)))
 
     @property
     def clip_id(self) -> str:
@@ -504,3 +559,26 @@ class CacheRow(_ArrowRow):
 
 
 CLIP_ID_FIELDS: Sequence[str] = _field_names(ClipIds)  # a clip's identity, the same in ClipRow and CacheRow
+
+
+class NoUsableVideoError(ValueError):
+    """A manifest lists no video a stage could read; the message says why, by reason."""
+
+
+def usable_videos(rows: Iterable[ManifestRow], manifest: str) -> list[ManifestRow]:
+    """The rows of ``manifest`` whose video is usable (status ok); NoUsableVideoError naming how
+    many failed and why when there is none, so that a stage never succeeds on nothing."""
+    rows = list(rows)
+    usable = [row for row in rows if row.status == STATUS_OK]
+    if usable:
+        return usable
+    if not rows:
+        raise NoUsableVideoError(f"{manifest}: the manifest lists no video; build it from your videos (semidff manifest VIDEOS -o {manifest})")
+    reasons: dict[str, int] = {}
+    for row in rows:
+        reasons[row.reason or row.status] = reasons.get(row.reason or row.status, 0) + 1
+    listed = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items(), key=lambda item: -item[1]))
+    raise NoUsableVideoError(
+        f"{manifest}: none of the manifest's {len(rows)} videos is usable ({listed}); each row's error column says what "
+        f"is wrong: fix or replace the files and run semidff manifest again (semidff manifest ... -o {manifest} --retry-failed)"
+    )

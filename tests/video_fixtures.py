@@ -8,6 +8,10 @@
     write_video(tmp_path / "l.mkv", 20, 64, 48, live=True)                              # no duration, unknown sizes
     break_last_packet(tmp_path / "a.mp4", tmp_path / "broken.mp4")                     # sizes right, last frame broken
     truncate_file(tmp_path / "a.mp4", 0.5)                                              # a download cut short
+    write_video(tmp_path / "r.mp4", 6, 320, 240, rotation=90)                          # a display matrix: shown 240x320
+    damage_packets(tmp_path / "a.mp4", [12, 13], tmp_path / "mid.mp4")                  # packets of frames 12-13 overwritten
+    avi_keep_frames(tmp_path / "b.avi", 10, tmp_path / "short.avi")                    # the AVI header still declares 20
+    decodable_frames(tmp_path / "mid.mp4")                                              # the frames a plain decode gets cleanly
 
 Frame i shows a diagonal gradient plus a white square that moves 3 px right and 2 px down per frame
 (:func:`pattern_frame`), so consecutive frames differ and a decoded frame can be checked against
@@ -92,6 +96,7 @@ def write_video(
     faststart: bool = False,
     bframes: bool = False,
     live: bool = False,
+    rotation: int = 0,
 ) -> Path:
     """Encode ``num_frames`` pattern frames to ``path``; the container comes from the extension.
 
@@ -102,6 +107,8 @@ def write_video(
     bframes: up to 2 B-frames between references (decode order then differs from display order).
     live: write through a stream that cannot seek, as a live recorder does: the muxer cannot go
     back to fill in sizes, duration or index (Matroska then has "unknown size" elements).
+    rotation: a display matrix turning the picture this many degrees counter-clockwise (PyAV's
+    convention, as ``VideoFrame.rotation`` reads it back), as phones write upright video.
     """
     path = Path(path)
     if timestamps_s is not None and len(timestamps_s) != num_frames:
@@ -120,6 +127,8 @@ def write_video(
             container = stack.enter_context(av.open(str(path), mode="w", options=options))
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if rotation:
+            stream.set_display_rotation(rotation)
         if gop is not None:
             stream.codec_context.gop_size = gop
         stream.codec_context.max_b_frames = 2 if bframes else 0
@@ -184,3 +193,95 @@ def break_last_packet(path: str | Path, output: str | Path) -> Path:
     output = Path(output)
     output.write_bytes(bytes(data))
     return output
+
+
+def damage_packets(path: str | Path, frames: Sequence[int], output: str | Path, seed: int = 0) -> Path:
+    """Copy a video with the payload of the packets of ``frames`` (presentation order) overwritten
+    by random bytes, every size field kept: a file damaged in the middle that the probe cannot see
+    (its first and last frames decode)."""
+    with av.open(str(path)) as container:
+        packets = sorted((packet.pts, packet.pos, packet.size) for packet in container.demux(video=0) if packet.size)
+    data = bytearray(Path(path).read_bytes())
+    rng = np.random.default_rng(seed)
+    for frame in frames:
+        _, position, size = packets[frame]
+        data[position + 4 : position + size] = rng.integers(0, 256, size - 4, dtype=np.uint8).tobytes()  # keep the NAL length
+    output = Path(output)
+    output.write_bytes(bytes(data))
+    return output
+
+
+def _riff_chunks(data: bytes, start: int, end: int):
+    offset = start
+    while offset + 8 <= end:
+        size = int.from_bytes(data[offset + 4 : offset + 8], "little")
+        yield offset, data[offset : offset + 4], size
+        offset += 8 + size + (size & 1)
+
+
+def avi_keep_frames(path: str | Path, keep: int, output: str | Path) -> Path:
+    """Copy an AVI keeping only its first ``keep`` video chunks (and their index entries), every
+    RIFF size made right again, while the header (avih dwTotalFrames, strh dwLength) still declares
+    the original count: a recording whose header promises frames the file does not hold, as
+    capture tools and repaired downloads leave (a Cinepak AVI declaring 444 frames with 68)."""
+    data = Path(path).read_bytes()
+    if data[:4] != b"RIFF" or data[8:12] != b"AVI ":
+        raise ValueError(f"{path}: not an AVI file")
+    out = bytearray(data[:12])
+    for offset, fourcc, size in _riff_chunks(data, 12, len(data)):
+        body = data[offset + 8 : offset + 8 + size]
+        if fourcc == b"LIST" and body[:4] == b"movi":
+            movi, kept = bytearray(b"movi"), 0
+            for sub, sub_fourcc, sub_size in _riff_chunks(body, 4, len(body)):
+                if sub_fourcc[2:] in (b"dc", b"db"):
+                    if kept >= keep:
+                        continue
+                    kept += 1
+                movi += body[sub : sub + 8 + sub_size + (sub_size & 1)]
+            out += b"LIST" + len(movi).to_bytes(4, "little") + movi
+        elif fourcc == b"idx1":
+            index, kept = bytearray(), 0
+            for entry in range(0, size, 16):
+                if body[entry + 2 : entry + 4] in (b"dc", b"db"):
+                    if kept >= keep:
+                        continue
+                    kept += 1
+                index += body[entry : entry + 16]
+            out += b"idx1" + len(index).to_bytes(4, "little") + index
+        else:
+            out += data[offset : offset + 8 + size + (size & 1)]
+    out[4:8] = (len(out) - 8).to_bytes(4, "little")
+    output = Path(output)
+    output.write_bytes(bytes(out))
+    return output
+
+
+def decodable_frames(path: str | Path) -> set[int]:
+    """The frames (presentation order, numbered as the container's packets sort) that a plain
+    PyAV decode of the whole file returns cleanly: no error on a packet of their GOP before them
+    in decoding order, not flagged corrupt. The reference the "no good clip is lost" test judges
+    the pipeline by: a frame after damage in its GOP depends on the damaged one."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        pts = sorted(packet.pts for packet in container.demux(stream) if packet.size and packet.pts is not None)
+    index_of = {p: i for i, p in enumerate(pts)}
+    good: set[int] = set()
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        context = stream.codec_context
+        context.thread_count = 1
+        damaged = False
+        for packet in [*(p for p in container.demux(stream) if p.size), None]:  # None: drain the decoder at the end
+            if packet is not None and packet.is_keyframe:
+                damaged = False
+            try:
+                frames = list(context.decode(packet))
+            except (av.FFmpegError, ValueError):
+                damaged = True
+                continue
+            for frame in frames:
+                if frame.is_corrupt:
+                    damaged = True
+                elif not damaged and frame.pts in index_of:
+                    good.add(index_of[frame.pts])
+    return good

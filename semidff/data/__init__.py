@@ -11,6 +11,10 @@
 * ``synthetic.py``: a generator of small labeled videos (textured moving objects over a panned
   textured background), written as H.264 files plus a ``semidff-video/1`` JSON; tests and the demo
   use it.
+* ``synthetic_motion.py``: labeled videos that move like ImageNet VID (large objects, VID's
+  slow/medium/fast mix, pan and zoom, occlusion), each with its true motion (``true_motion.py``:
+  the sidecar format and the true backward flow between any two frames, for oracle evaluation and
+  flow diagnostics).
 
 Importing this package imports nothing heavy; each module imports what it needs.
 """

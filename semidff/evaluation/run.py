@@ -6,8 +6,11 @@
     results[-1].map, results[-1].fps, results[-1].result.format_table()
 
 ``frame`` mode runs the R-FCN on every frame, so the key interval does not change it: it is run
-once and recorded as ΔT = 1 (every frame is a key frame). ``copy`` and ``flow`` are run once per
-ΔT. Each run decodes every video once, in order (encoded files with decord through
+once and recorded as ΔT = 1 (every frame is a key frame). ``copy``, ``oracle`` and ``flow`` are run
+once per ΔT. ``oracle`` runs the teacher with its key-frame features warped by the true motion of
+each video (``semidff.data.true_motion``; only generated corpora have it, :func:`true_motions_for`
+says how to get one), the ceiling of what any learned flow can recover on that data. Each run
+decodes every video once, in order (encoded files with decord through
 :meth:`semidff.video.decode.OpenedVideo.iter_frames`, frame-image folders with Pillow), from frame
 0 to the video's last annotated frame: key frames fall on 0, ΔT, 2ΔT, ... as in DFF, and frames
 after the last annotation cannot change any score. Detections of annotated frames are kept, in
@@ -33,6 +36,7 @@ from torch import nn
 
 from semidff.config import TeacherDataConfig
 from semidff.data.records import LabeledDataset, LabeledVideo
+from semidff.data.true_motion import TrueMotion, TrueMotionError, load_true_motion, motion_path_for, true_feature_flow
 from semidff.evaluation.vid_map import (
     FramePrediction,
     GroundTruth,
@@ -41,7 +45,7 @@ from semidff.evaluation.vid_map import (
     motion_iou_from_tracks,
 )
 from semidff.models.rfcn import RFCN
-from semidff.models.video_detector import MODES, VideoDetector, VideoTiming
+from semidff.models.video_detector import MODES, TrueFlow, VideoDetector, VideoTiming
 
 Progress = Callable[[str], None]
 
@@ -72,7 +76,7 @@ class RunSpec:
 
 
 def plan_runs(modes: Sequence[str], key_intervals: Sequence[int]) -> list[RunSpec]:
-    """The runs for ``modes`` × ``key_intervals``: ``frame`` once (as ΔT = 1), ``copy`` and ``flow``
+    """The runs for ``modes`` × ``key_intervals``: ``frame`` once (as ΔT = 1), the other modes
     once per distinct ΔT in ascending order; modes keep their given order, repeats are dropped."""
     if not modes:
         raise EvaluationError("no modes to evaluate; pass some of: " + ", ".join(MODES))
@@ -175,6 +179,58 @@ def video_frames(video: LabeledVideo, num_frames: int, chunk_frames: int = 16) -
 
 
 # ---------------------------------------------------------------------------------------------
+# True motion (oracle mode)
+
+
+def true_motions_for(dataset: LabeledDataset) -> dict[str, TrueMotion]:
+    """The true motion of every video with annotated frames (video id → TrueMotion), read from the
+    sidecar beside its source (``semidff.data.true_motion.motion_path_for``). Raises
+    EvaluationError naming the videos without one, or whose motion does not fit the video."""
+    motions: dict[str, TrueMotion] = {}
+    missing: list[str] = []
+    for video in dataset.videos:
+        if not video.frames:
+            continue
+        path = motion_path_for(video.source)
+        if "://" in path and not path.startswith("file://"):
+            missing.append(f"{video.video_id} ({path}: only local files are read)")
+            continue
+        try:
+            motion = load_true_motion(path)
+        except TrueMotionError as exc:
+            if not Path(path).exists():
+                missing.append(f"{video.video_id} ({path})")
+                continue
+            raise EvaluationError(f"video {video.video_id}: {exc}") from None
+        last = video.frames[-1].frame_index
+        if (motion.width, motion.height) != (video.width, video.height) or motion.num_frames <= last:
+            raise EvaluationError(
+                f"video {video.video_id}: its true motion {path} is for {motion.width}x{motion.height}, "
+                f"{motion.num_frames} frames, but the video is {video.width}x{video.height} with frame {last} annotated; "
+                "regenerate the corpus (semidff.data.synthetic_motion.generate_motion_dataset)")
+        motions[video.video_id] = motion
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise EvaluationError(
+            f"oracle mode warps the teacher's key-frame features by each video's true motion, read from "
+            f"<video>.motion.npz beside the video; {len(missing)} of {len(dataset.videos)} videos have none: {shown}. "
+            "Evaluate on a corpus generated with its true motion (semidff.data.synthetic_motion.generate_motion_dataset), "
+            "or leave oracle out of --modes / evaluation.modes")
+    return motions
+
+
+def oracle_flow(motion: TrueMotion) -> TrueFlow:
+    """The :data:`~semidff.models.video_detector.TrueFlow` of one video for ``oracle`` mode: the
+    true backward flow on the network input's feature grid, in cells (``true_feature_flow``)."""
+
+    def true_flow(frame_index: int, key_index: int, image_hw: tuple[int, int], feature_hw: tuple[int, int]) -> torch.Tensor:
+        cells = true_feature_flow(motion, frame_index, key_index, image_hw[0], image_hw[1], feature_shape=feature_hw)
+        return torch.from_numpy(np.ascontiguousarray(cells.flow.transpose(2, 0, 1)))[None]
+
+    return true_flow
+
+
+# ---------------------------------------------------------------------------------------------
 # Runs
 
 
@@ -222,9 +278,11 @@ def run_detector(
     max_long_side: int,
     progress: Optional[Progress] = None,
     label: str = "",
+    motions: Optional[dict[str, TrueMotion]] = None,
 ) -> tuple[list[FramePrediction], VideoTiming]:
     """Detect every frame of every video up to its last annotated frame → (predictions of the
-    annotated frames, timing summed over the videos)."""
+    annotated frames, timing summed over the videos). motions: each video's true motion, for
+    ``oracle`` mode (:func:`true_motions_for`)."""
     say = progress or (lambda line: None)
     timing = VideoTiming()
     predictions: list[FramePrediction] = []
@@ -235,13 +293,19 @@ def run_detector(
             continue
         if not warmed_up:
             blank = np.zeros((video.height, video.width, 3), np.uint8)
-            detector.run([blank] * WARM_UP_FRAMES, short_side, max_long_side)
+            still = (lambda t, k, image_hw, feature_hw: torch.zeros(1, 2, *feature_hw)) if detector.mode == "oracle" else None
+            detector.run([blank] * WARM_UP_FRAMES, short_side, max_long_side, true_flow=still)
             warmed_up = True
         annotated = {f.frame_index for f in video.frames}
         num_frames = video.frames[-1].frame_index + 1
         before = (timing.frames, timing.compute_seconds)
         frames = video_frames(video, num_frames)
-        for _, result in detector.stream(frames, timing, short_side, max_long_side):
+        true_flow = None
+        if detector.mode == "oracle":
+            if motions is None or video.video_id not in motions:
+                raise EvaluationError(f"video {video.video_id}: oracle mode needs its true motion (true_motions_for)")
+            true_flow = oracle_flow(motions[video.video_id])
+        for _, result in detector.stream(frames, timing, short_side, max_long_side, true_flow):
             if result.frame_index in annotated:
                 predictions.append(FramePrediction.from_detections(frame_id(video.video_id, result.frame_index), result.detections))
         frames_done, seconds = timing.frames - before[0], timing.compute_seconds - before[1]
@@ -261,17 +325,21 @@ def evaluate_runs(
     max_long_side: int = 1000,
     relaxed_small_objects: bool = True,
     progress: Optional[Progress] = None,
+    motions: Optional[dict[str, TrueMotion]] = None,
 ) -> list[ModeResult]:
     """Run and score each of ``runs`` on ``dataset``.
 
-    teacher: the R-FCN of ``frame`` and ``copy`` mode. student and propagator: the flow model's
-    R-FCN (teacher features, fine-tuned heads) and its FlowNetS / residual predictor, needed only
-    for ``flow`` runs. Networks must already be on their device in eval mode.
+    teacher: the R-FCN of ``frame``, ``copy`` and ``oracle`` mode. student and propagator: the flow
+    model's R-FCN (teacher features, fine-tuned heads) and its FlowNetS / residual predictor, needed
+    only for ``flow`` runs. Networks must already be on their device in eval mode.
     relaxed_small_objects: the VID per-object IoU thresholds (True) or plain IoU 0.5.
+    motions: the videos' true motion for ``oracle`` runs (default: read by :func:`true_motions_for`).
     """
     say = progress or (lambda line: None)
     if any(run.mode == "flow" for run in runs) and (student is None or propagator is None):
         raise EvaluationError("flow mode needs the flow checkpoint's R-FCN and propagator (pass a flow checkpoint)")
+    if any(run.mode == "oracle" for run in runs) and motions is None:
+        motions = true_motions_for(dataset)
     for name, network in (("teacher", teacher), ("student", student)):
         if network is not None and network.num_classes != dataset.num_classes():
             raise EvaluationError(
@@ -285,7 +353,7 @@ def evaluate_runs(
         flow = run.mode == "flow"
         detector = VideoDetector(student if flow else teacher, propagator if flow else None, run.key_interval, run.mode)
         with torch.inference_mode():
-            predictions, timing = run_detector(detector, dataset, short_side, max_long_side, say, run.name)
+            predictions, timing = run_detector(detector, dataset, short_side, max_long_side, say, run.name, motions)
         result = evaluate_vid(
             predictions, truths, dataset.num_classes(), dataset.class_names, relaxed_small_objects=relaxed_small_objects
         )

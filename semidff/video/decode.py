@@ -25,33 +25,46 @@ Two decoders give the same frames (frame ``i`` is the ``i``-th in presentation o
   once on a GOP-30 file): 1.1 s against 2.7 s with decord.
 * ``decord`` (the reference, as in the manifest's probe): ``get_batch`` of the wanted frames in
   ascending chunks; decord seeks only when the next frame lies past a codec keyframe, otherwise it
-  decodes forward.
+  decodes forward. decord seeks by timestamp, so a file whose frames lack timestamps (MPEG-4 Part
+  2 in AVI with B-frames) is read forward only, from frame 0 (a seek there lands frames early).
 
 ``decoder="auto"`` (the default) takes PyAV when its index is trustworthy: every packet has a
-distinct timestamp and, when the caller gives the frame count its plan assumed (the manifest's,
-from decord), the counts agree. Otherwise, and when a PyAV decode fails part way (an error, a
-corrupt or missing frame), decord takes over from the first frame not yet delivered: frame indices
-and failure reasons stay decord's. ``OpenedVideo.decoder`` says which one is reading.
+distinct timestamp and, when the caller gives the frame count its plan assumed (the manifest's),
+the counts agree, or PyAV lists more and exactly those extra frames at the end do not decode (a
+file whose last packets are cut: the manifest counts only what decodes). Otherwise, and when a
+PyAV decode fails part way (an error, a corrupt or missing frame), decord takes over from the
+first frame not yet delivered: frame indices and failure reasons stay decord's.
+``OpenedVideo.decoder`` says which one is reading. Frames past the plan's count are never read,
+so a decoder that would repeat the last good frame for them (decord does) never gets the chance.
+
+Both decoders' frames are turned as the container's display matrix says, in one place
+(``OpenedVideo._displayed``, with :func:`semidff.video.pyav_reader.orient`): PyAV returns them as
+coded, decord turns MP4/MOV frames itself and leaves Matroska/WebM ones; either way a 90° phone
+video comes out as it is shown, at the size the manifest lists.
 
 Frames are resized in uint8 (short side 600, long side at most 1000 by default,
 ``semidff.preprocess.resized_shape``), ``chunk_frames`` full-size frames at a time, and kept until
 the last clip that needs them is out. Normalisation is left to the teacher stage.
 
-A read that fails costs the clips that need a frame from the first one that did not decode up to
-the next codec keyframe: they come back as :class:`ClipFailure` with the reason, decoding starts
-again at that keyframe (the frames after it do not depend on the damaged ones), and the clips on
-either side keep their frames. Without a later keyframe every clip not yet yielded fails. A frame
-that did not decode never reaches a ClipFrames. decord decodes on a thread that works ahead, so a damaged
+Damage, the one policy of every stage (:meth:`OpenedVideo.read_frames`): the frames from the
+first one that did not decode up to the next codec keyframe are lost (:class:`LostFrames`, one
+message for the range), decoding starts again at that keyframe (the frames after it do not depend
+on the damaged ones), and without a later keyframe the rest of the video is lost. The clips that
+need a lost frame come back as :class:`ClipFailure` with that message, the clips on either side
+keep their frames; ``semidff detect`` writes the lost frames as marked placeholders. A frame that
+did not decode never reaches a ClipFrames. decord decodes on a thread that works ahead, so a damaged
 packet's error can surface from an earlier read: on a file whose last frame is broken, the read
-of frames 0-31 failed in 3 of 60 tries. A failed decord read is therefore tried once more on a
-freshly opened reader before the clips fail. A video that cannot be opened fails all its clips
+of frames 0-31 failed in 3 of 60 tries. A failed decord read is therefore tried twice more, each
+time on a freshly opened reader, before the clips fail (on a machine busy with other work, full
+reads of a 30-frame file whose last packet is broken still lost frames before it in 4 of 60 tries:
+use ``decoder="auto"`` or ``"pyav"``, which do not guess). A video that cannot be opened fails all its clips
 the same way. Nothing here raises for a bad file.
 """
 from __future__ import annotations
 
-import bisect
 import contextlib
-from typing import Iterator, Optional, Sequence
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -59,7 +72,9 @@ import pyarrow.fs as pafs
 from semidff.preprocess import resize_frames as resize_uint8_frames
 from semidff.rows import ClipFailure, ClipFrames, ClipResult  # the decoded clip's in-memory forms
 from semidff.video.clip_plan import ClipSpec
+from semidff.video.pyav_reader import PyAVReader, PyAVUnusable, orient, rotation_still_to_apply, stream_facts
 from semidff.video.probe import (
+    NO_TIMESTAMP_S,
     REASON_CANNOT_OPEN,
     REASON_NO_FRAMES,
     REASON_READ_ERROR,
@@ -94,8 +109,37 @@ class _ReadFailed(Exception):
         self.first, self.last, self.detail = first, last, detail
 
 
-class _PyAVUnusable(Exception):
-    """PyAV cannot index or decode this file the way decord would; decord takes over."""
+@dataclass(frozen=True)
+class LostFrames:
+    """Frames ``first`` .. ``last`` (inclusive) of ``uri`` are lost: the first did not decode
+    (``detail``: the decoder's words) and the others depend on it; decoding went on from the codec
+    keyframe ``resumed_at`` = last + 1, or nothing after them decodes (``resumed_at`` None, ``last``
+    the video's last frame). Every stage reports damage with :attr:`message`: the clip and cache
+    stages as the reason of the clips that needed those frames, ``semidff detect`` in its summary,
+    its predictions and its annotated video."""
+
+    uri: str
+    first: int
+    last: int
+    resumed_at: Optional[int]
+    detail: str
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+    @property
+    def indices(self) -> range:
+        return range(self.first, self.last + 1)
+
+    @property
+    def message(self) -> str:
+        where = (
+            f"the file is damaged there (decoding went on from the codec keyframe at frame {self.resumed_at})"
+            if self.resumed_at is not None
+            else "the file is damaged from about there on"
+        )
+        return f"{self.uri}: frames {self.first}-{self.last} did not decode ({self.detail}); {where}, fetch it again"
 
 
 def resize_frames(frames: np.ndarray, short_side: int = 600, max_long_side: int = 1000) -> tuple[np.ndarray, float]:
@@ -105,17 +149,26 @@ def resize_frames(frames: np.ndarray, short_side: int = 600, max_long_side: int 
 
 
 # ---------------------------------------------------------------------------------------------
-# The two decoders
+# The two decoders (PyAV's: semidff.video.pyav_reader)
+
+_DECORD_RETRIES = 2  # a failed decord read is tried this many more times, each on a fresh reader
 
 
 class _DecordReader:
-    """decord (one thread): ascending ``get_batch`` reads; a failed read is tried once more on a
-    freshly opened reader, because decord's decoder thread works ahead and may report a later
-    packet's error early."""
+    """decord (one thread): ascending ``get_batch`` reads; a failed read is tried again on a
+    freshly opened reader (twice), because decord's decoder thread works ahead and may report a
+    later packet's error early.
+
+    decord seeks by timestamp: where frames have none (MPEG-4 Part 2 in AVI with B-frames: decord
+    reports FFmpeg's "no timestamp" for them), a seek lands on the wrong frame (frame 20 of such a
+    file came back as frame 10, measured). Such a file is read forward only (``can_seek`` False):
+    from frame 0, or from where the last read ended, never jumping."""
 
     def __init__(self, uri: str, local_path: str):
         self.uri, self.local_path = uri, local_path
         self.reader = self._open()
+        self.can_seek = self._has_timestamps()
+        self._next: Optional[int] = 0  # forward-only reading: the frame the reader gives next (None: unknown)
 
     def _open(self):
         import decord  # here, so that importing this module stays cheap (and PyAV can be loaded first in tests)
@@ -127,6 +180,13 @@ class _DecordReader:
         except Exception as exc:
             raise open_failure(self.uri, exc) from None
 
+    def _has_timestamps(self) -> bool:
+        try:
+            stamps = np.asarray(self.reader.get_frame_timestamp(list(range(len(self.reader)))), dtype=np.float64)
+        except Exception:
+            return False
+        return bool(np.isfinite(stamps).all() and (np.abs(stamps) < NO_TIMESTAMP_S).all())
+
     @property
     def num_frames(self) -> int:
         return len(self.reader)
@@ -135,15 +195,37 @@ class _DecordReader:
         return sorted(int(i) for i in self.reader.get_key_indices())
 
     def read(self, indices: list[int]) -> np.ndarray:
-        """(N, H, W, 3) uint8 RGB frames of ascending ``indices``."""
-        try:
-            return self.reader.get_batch(indices).asnumpy()
-        except Exception:
-            self.reader = self._open()
+        """(N, H, W, 3) uint8 RGB frames of ascending ``indices`` (consecutive ones where it cannot seek)."""
+        if not self.can_seek:
+            return self._read_forward(indices)
+        for _ in range(_DECORD_RETRIES):
+            try:
+                return self.reader.get_batch(indices).asnumpy()
+            except Exception:
+                self.reader = self._open()
         return self.reader.get_batch(indices).asnumpy()
+
+    def _read_forward(self, indices: list[int]) -> np.ndarray:
+        """Consecutive ``indices`` without a seek: from where the reader is, else from a fresh
+        reader that decodes (and drops) every frame before them."""
+        if self._next != indices[0]:
+            self.reader, self._next = self._open(), 0
+            for start in range(0, indices[0], 16):
+                try:
+                    self.reader.get_batch(list(range(start, min(indices[0], start + 16))))
+                except Exception:  # a damaged frame before them: read on, the wanted ones may still decode
+                    pass
+            self._next = indices[0]
+        self._next = None
+        batch = self.reader.get_batch(indices).asnumpy()
+        self._next = indices[-1] + 1
+        return batch
 
     def frames(self, wanted: Sequence[int], chunk_frames: int) -> Iterator[tuple[int, np.ndarray]]:
         """(index, (H, W, 3) uint8 RGB) for each of the ascending ``wanted``; raises _ReadFailed."""
+        if not self.can_seek:
+            yield from self._frames_forward(wanted, chunk_frames)
+            return
         for start in range(0, len(wanted), chunk_frames):
             chunk = list(wanted[start : start + chunk_frames])
             try:
@@ -160,136 +242,56 @@ class _DecordReader:
                 continue
             yield from zip(chunk, batch)
 
-
-class _PyAVReader:
-    """PyAV (one thread): a packet index from one demux pass, then selective decoding (see the
-    module docstring). Raises _PyAVUnusable when the index cannot be trusted or decoding goes wrong."""
-
-    def __init__(self, uri: str, local_path: str):
-        import av
-
-        self.uri, self.local_path = uri, local_path
-        try:
-            with av.open(local_path) as container:
-                if not container.streams.video:
-                    raise _PyAVUnusable("no video stream")
-                stream = container.streams.video[0]
-                # size 0: the demuxer's end-of-stream marker, not a frame
-                packets = [(packet.pts, packet.is_keyframe) for packet in container.demux(stream) if packet.size]
-        except av.FFmpegError as exc:
-            raise _PyAVUnusable(f"cannot index it ({exc})") from None
-        pts = [p for p, _ in packets]
-        if not pts:
-            raise _PyAVUnusable("no video packets")
-        if any(p is None for p in pts) or len(set(pts)) != len(pts):
-            raise _PyAVUnusable("packets without distinct timestamps")
-        self.index_of_pts = {p: i for i, p in enumerate(sorted(pts))}
-        self.display = [self.index_of_pts[p] for p in pts]  # decode position -> frame index (presentation order)
-        self.position_of = {index: position for position, index in enumerate(self.display)}
-        self.keyframe_positions = [position for position, (_, key) in enumerate(packets) if key]  # decode positions
-        if not self.keyframe_positions or self.keyframe_positions[0] != 0:
-            raise _PyAVUnusable("the stream does not start with a keyframe")
-
-    @property
-    def num_frames(self) -> int:
-        return len(self.display)
-
-    def keyframe_indices(self) -> list[int]:
-        return sorted(self.display[position] for position in self.keyframe_positions)
-
-    def _decode_plan(self, wanted: Sequence[int]) -> tuple[bytearray, set[int]]:
-        """(send[position]: the packet goes to the decoder, positions where the decoder is drained).
-
-        Each wanted frame needs the packets from the last keyframe at or before its own packet up
-        to it; overlapping or touching runs are merged, so the decoder is only drained (its
-        delayed frames pushed out) and reset before a jump over packets it never sees."""
-        keyframes = self.keyframe_positions
-        runs = []
-        for index in wanted:
-            position = self.position_of[index]
-            runs.append((keyframes[bisect.bisect_right(keyframes, position) - 1], position))
-        runs.sort()
-        merged: list[list[int]] = []
-        for start, end in runs:
-            if merged and start <= merged[-1][1] + 1:
-                merged[-1][1] = max(merged[-1][1], end)
-            else:
-                merged.append([start, end])
-        send = bytearray(len(self.display))
-        for start, end in merged:
-            send[start : end + 1] = b"\x01" * (end + 1 - start)
-        return send, {end for _, end in merged}
-
-    def frames(self, wanted: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
-        """(index, (H, W, 3) uint8 RGB) for each of the ascending, distinct ``wanted``, in order."""
-        import av
-
+    def _frames_forward(self, wanted: Sequence[int], chunk_frames: int) -> Iterator[tuple[int, np.ndarray]]:
+        """Every frame from the first wanted to the last, in consecutive reads; the wanted ones yielded."""
         if not wanted:
             return
         targets = set(wanted)
-        send, drain_after = self._decode_plan(wanted)
-        last_position = max(drain_after)
-        decoded: dict[int, np.ndarray] = {}  # wanted frames out of the decoder, not yet yielded
-        next_wanted = 0
-        try:
-            with av.open(self.local_path) as container:
-                stream = container.streams.video[0]
-                context = stream.codec_context
-                context.thread_count = 1  # one task per core: threads barely help a decoder (perf-anchors), processes do
-                position = -1
-                for packet in container.demux(stream):
-                    if not packet.size:
-                        continue
-                    position += 1
-                    if position > last_position:
-                        break
-                    if not send[position]:
-                        continue
-                    # Non-reference frames that are not wanted are skipped (parsed, not decoded); the
-                    # decoder reads skip_frame for each frame when it runs on one thread.
-                    context.skip_frame = "DEFAULT" if self.display[position] in targets else "NONREF"
-                    out = list(context.decode(packet))
-                    if position in drain_after:  # push out the frames the decoder holds back for reordering
-                        out += context.decode(None)
-                        context.flush_buffers()
-                    for frame in out:
-                        index = self.index_of_pts.get(frame.pts)
-                        if index is None:
-                            raise _PyAVUnusable(f"the decoder returned a frame with an unknown timestamp ({frame.pts})")
-                        if index in targets:
-                            if frame.is_corrupt:
-                                raise _PyAVUnusable(f"frame {index} decoded with errors")
-                            decoded[index] = frame.to_ndarray(format="rgb24")
-                    while next_wanted < len(wanted) and wanted[next_wanted] in decoded:
-                        yield wanted[next_wanted], decoded.pop(wanted[next_wanted])
-                        next_wanted += 1
-                    if position in drain_after and (decoded or (next_wanted < len(wanted) and self.position_of[wanted[next_wanted]] <= position)):
-                        missing = wanted[next_wanted] if next_wanted < len(wanted) else min(decoded)
-                        raise _PyAVUnusable(f"the decoder did not return frame {missing}")
-        except (av.FFmpegError, ValueError) as exc:  # a damaged packet, a pixel format without RGB conversion
-            first = wanted[next_wanted] if next_wanted < len(wanted) else wanted[-1]
-            raise _PyAVUnusable(f"decoding stopped before frame {first} ({exc})") from None
-        if next_wanted < len(wanted):
-            raise _PyAVUnusable(f"the stream ended before frame {wanted[next_wanted]}")
+        for start in range(wanted[0], wanted[-1] + 1, chunk_frames):
+            chunk = list(range(start, min(wanted[-1] + 1, start + chunk_frames)))
+            try:
+                batch = self.read(chunk)
+            except Exception:
+                batch = None
+                for index in chunk:  # one by one from the chunk's start, up to the first that fails
+                    try:
+                        (frame,) = self.read([index])
+                    except Exception as exc:
+                        first = min((i for i in wanted if i >= index), default=index)
+                        raise _ReadFailed(first, chunk[-1], decord_detail(exc)) from None
+                    if index in targets:
+                        yield index, frame
+            if batch is not None:
+                yield from ((index, frame) for index, frame in zip(chunk, batch) if index in targets)
 
 
 # ---------------------------------------------------------------------------------------------
 # An opened video
 
+ReadItem = Union[tuple[int, np.ndarray], LostFrames]  # what OpenedVideo.read_frames yields
+
 
 class OpenedVideo:
-    """A video opened for decoding: its frame count, codec keyframes, clips' frames and all frames."""
+    """A video opened for decoding: its frame count, codec keyframes, clips' frames and all frames.
+
+    num_frames (the argument): the frame count the caller's plan assumed (the manifest's, which
+    counts only frames that decode): frames from there on are never read, even where the container
+    lists more (a file whose last packets are cut: decord would repeat the last good frame)."""
 
     def __init__(self, uri: str, local_path: str, decoder: str = DECODER_AUTO, num_frames: Optional[int] = None):
         self.uri, self._local_path, self._requested = uri, local_path, decoder
-        self._pyav: Optional[_PyAVReader] = None
+        self._limit = num_frames
+        self._pyav: Optional[PyAVReader] = None
         self._decord: Optional[_DecordReader] = None
+        self._facts = None
         if decoder != DECODER_DECORD:
             try:
-                self._pyav = _PyAVReader(uri, local_path)
+                self._pyav = PyAVReader(uri, local_path)
                 if num_frames is not None and self._pyav.num_frames != num_frames:
-                    raise _PyAVUnusable(f"PyAV counts {self._pyav.num_frames} frames where the plan assumed {num_frames}")
-            except _PyAVUnusable as exc:
+                    # More frames listed than the plan counted is fine when exactly those do not decode.
+                    if not (self._pyav.num_frames > num_frames and self._pyav.decodable_frames() == num_frames):
+                        raise PyAVUnusable(f"PyAV counts {self._pyav.num_frames} frames where the plan assumed {num_frames}")
+            except PyAVUnusable as exc:
                 self._pyav = None
                 if decoder == DECODER_PYAV:
                     raise UnusableVideo(REASON_CANNOT_OPEN, f"{uri}: PyAV cannot decode it frame-exactly ({exc}); use decoder=auto") from None
@@ -303,23 +305,51 @@ class OpenedVideo:
 
     @property
     def num_frames(self) -> int:
+        """Frames the reader's index lists (see :attr:`readable_frames` for those that are read)."""
         return self._pyav.num_frames if self._pyav is not None else self._decord.num_frames
+
+    @property
+    def readable_frames(self) -> int:
+        """Frames 0 .. readable_frames - 1 are read: the index's, cut to the plan's count when given."""
+        return self.num_frames if self._limit is None else min(self.num_frames, self._limit)
+
+    @property
+    def rotation(self) -> int:
+        """The display rotation every frame gets (counter-clockwise degrees; see semidff.video.pyav_reader)."""
+        facts = self._stream_facts()
+        return facts.rotation if facts is not None else 0
+
+    def _stream_facts(self):
+        if self._facts is None:
+            self._facts = stream_facts(self._local_path) or False
+        return self._facts or None
+
+    def _displayed(self, frame: np.ndarray, pyav_rotation: Optional[int] = None) -> np.ndarray:
+        """The one place where frames of either decoder are turned as the display matrix says:
+        a PyAV frame as coded by the rotation it carries (``pyav_rotation``), a decord frame by
+        what decord has not applied itself (:func:`rotation_still_to_apply`)."""
+        if pyav_rotation is not None:
+            return orient(frame, pyav_rotation)
+        facts = self._stream_facts()
+        if facts is None or not facts.rotation:
+            return frame
+        return orient(frame, rotation_still_to_apply(facts.rotation, facts.container, frame.shape, (facts.coded_width, facts.coded_height)))
 
     def keyframe_indices(self) -> list[int]:
         """Frame indices (display order) of the codec's keyframes, from the container's index."""
         return self._pyav.keyframe_indices() if self._pyav is not None else self._decord.keyframe_indices()
 
     def _frames(self, wanted: Sequence[int], chunk_frames: int) -> Iterator[tuple[int, np.ndarray]]:
-        """(index, full-size RGB frame) for the ascending ``wanted``; PyAV first, decord from the
-        first frame PyAV did not deliver. Raises _ReadFailed."""
+        """(index, full-size RGB frame as displayed) for the ascending ``wanted``; PyAV first,
+        decord from the first frame PyAV did not deliver. Raises _ReadFailed."""
         delivered = 0
         if self._pyav is not None:
             try:
-                for item in self._pyav.frames(wanted):
-                    yield item
+                for index, frame in self._pyav.frames(wanted):
+                    yield index, self._displayed(frame, pyav_rotation=self._pyav.rotation)
                     delivered += 1
                 return
-            except _PyAVUnusable as exc:
+            except PyAVUnusable as exc:
                 if delivered == len(wanted):  # e.g. a damaged packet after the last frame wanted
                     return
                 if self._requested == DECODER_PYAV:
@@ -329,7 +359,35 @@ class OpenedVideo:
                     self._decord = _DecordReader(self.uri, self._local_path)
                 except UnusableVideo as bad:
                     raise _ReadFailed(wanted[delivered], wanted[-1], bad.message) from None
-        yield from self._decord.frames(wanted[delivered:], chunk_frames)
+        for index, frame in self._decord.frames(wanted[delivered:], chunk_frames):
+            yield index, self._displayed(frame)
+
+    def read_frames(self, wanted: Sequence[int], chunk_frames: int = 16, keyframes: Optional[Sequence[int]] = None) -> Iterator[ReadItem]:
+        """(index, full-size (H, W, 3) uint8 RGB frame as displayed) for each of the ascending,
+        distinct ``wanted`` that decodes, and a :class:`LostFrames` where frames do not: the one
+        damage policy of every stage. The frames from the first that did not decode up to the
+        next codec keyframe are lost, and decoding goes on from that keyframe (a fresh start, as
+        after a seek: the frames after it do not depend on the damaged ones); without a later
+        keyframe the rest of the video is lost. Nothing is repeated or padded."""
+        keyframes = self.keyframe_indices() if keyframes is None else keyframes
+        end = self.readable_frames
+        to_read = [i for i in wanted if i < end]
+        while to_read:
+            delivered = 0
+            try:
+                for item in self._frames(to_read, chunk_frames):
+                    delivered += 1
+                    yield item
+                if delivered == len(to_read):
+                    return
+                failure = _ReadFailed(to_read[delivered], end - 1, "the decoder stopped early")  # only a wrong reader gets here
+            except _ReadFailed as exc:
+                failure = exc
+            resume = next((k for k in keyframes if k > failure.first), None) if self._can_read else None
+            if resume is not None and resume >= end:
+                resume = None
+            yield LostFrames(self.uri, failure.first, end - 1 if resume is None else resume - 1, resume, failure.detail)
+            to_read = [i for i in to_read if resume is not None and i >= resume]
 
     def decode_clips(
         self, clips: Sequence[ClipSpec], *, short_side: int = 600, max_long_side: int = 1000, chunk_frames: int = 16
@@ -337,72 +395,66 @@ class OpenedVideo:
         """One result per clip, each as soon as its last frame is decoded (clips ordered by their
         last frame). At most ``chunk_frames`` full-size frames are held before they are resized.
 
-        When frames do not decode, the clips that need a frame from the first one missing up to
-        the next codec keyframe fail, and decoding goes on from that keyframe (a fresh start, as
-        after a seek): the clips after the damage keep their frames."""
+        Damage (:meth:`read_frames`): the clips that need a lost frame fail with the
+        :class:`LostFrames` message, decoding goes on from the next codec keyframe and the clips
+        after the damage keep their frames."""
         if chunk_frames < 1:
             raise ValueError(f"chunk_frames={chunk_frames}: must be >= 1")
-        num_frames = self.num_frames
+        listed, end = self.num_frames, self.readable_frames
         keyframes = self.keyframe_indices()  # before any decoding: the readers may change on a failure
         pending = []
         for clip in clips:
-            if clip.frame_indices and clip.frame_indices[-1] >= num_frames:
+            needed = clip.frame_indices[-1] if clip.frame_indices else -1
+            if needed >= listed:
                 yield ClipFailure(
                     clip,
                     REASON_FRAME_OUT_OF_RANGE,
-                    f"{self.uri}: the clip needs frame {clip.frame_indices[-1]} but the file has {num_frames} frames; "
+                    f"{self.uri}: the clip needs frame {needed} but the file has {listed} frames; "
                     "it changed since the manifest was built, rebuild the manifest",
+                )
+            elif needed >= end:
+                yield ClipFailure(
+                    clip,
+                    REASON_FRAME_OUT_OF_RANGE,
+                    f"{self.uri}: the clip needs frame {needed} but only the first {end} frames decode (the plan's count); "
+                    "the plan was made for another manifest, rebuild it",
                 )
             else:
                 pending.append(clip)
         pending.sort(key=lambda c: (c.frame_indices[-1], c.key_index))
         to_read = sorted({i for clip in pending for i in clip.frame_indices})
         frames: dict[int, np.ndarray] = {}  # resized frames some pending clip still needs
-        while pending:
-            failure, delivered = None, 0
-            source = self._frames(to_read, chunk_frames)
-            while pending and failure is None:
-                chunk: list[tuple[int, np.ndarray]] = []
-                try:
-                    for item in source:
-                        chunk.append(item)
-                        if len(chunk) == chunk_frames:
-                            break
-                except _ReadFailed as exc:
-                    failure = exc
-                if chunk:
-                    delivered += len(chunk)
-                    resized, scale = resize_frames(np.stack([frame for _, frame in chunk]), short_side, max_long_side)
-                    frames.update(zip((index for index, _ in chunk), resized))
-                    last = chunk[-1][0]
-                    while pending and pending[0].frame_indices[-1] <= last:
-                        clip = pending.pop(0)
-                        current = np.stack([frames[i] for i in clip.current_indices])
-                        yield ClipFrames(clip, frames[clip.key_index].copy(), current, scale)
-                    first_needed = min((c.frame_indices[0] for c in pending), default=num_frames)
-                    for index in [i for i in frames if i < first_needed]:
-                        del frames[index]
-                elif failure is None:  # the source ended without an error: only a wrong reader gets here
-                    missing = to_read[delivered] if delivered < len(to_read) else pending[0].frame_indices[-1]
-                    failure = _ReadFailed(missing, num_frames - 1, "the decoder stopped early")
-            if failure is None:
+        chunk: list[tuple[int, np.ndarray]] = []
+
+        def flush() -> Iterator[ClipFrames]:
+            if not chunk:
                 return
-            resume = next((k for k in keyframes if k > failure.first), None) if self._can_read else None
-            if resume is None:
-                damaged, error = pending, (
-                    f"{self.uri}: frames {failure.first}-{failure.last} did not decode ({failure.detail}); "
-                    "the file is damaged from about there on, fetch it again"
-                )
-            else:
-                damaged = [clip for clip in pending if any(failure.first <= i < resume for i in clip.frame_indices)]
-                error = (
-                    f"{self.uri}: frames {failure.first}-{resume - 1} did not decode ({failure.detail}); the file is damaged "
-                    f"there (decoding went on from the codec keyframe at frame {resume}), fetch it again"
-                )
-            for clip in damaged:
-                yield ClipFailure(clip, REASON_DECODE_FAILED, error)
-            pending = [clip for clip in pending if clip not in damaged]
-            to_read = sorted({i for clip in pending for i in clip.frame_indices if i >= resume}) if pending else []
+            resized, scale = resize_frames(np.stack([frame for _, frame in chunk]), short_side, max_long_side)
+            frames.update(zip((index for index, _ in chunk), resized))
+            last = chunk[-1][0]
+            chunk.clear()
+            while pending and pending[0].frame_indices[-1] <= last:
+                clip = pending.pop(0)
+                current = np.stack([frames[i] for i in clip.current_indices])
+                yield ClipFrames(clip, frames[clip.key_index].copy(), current, scale)
+            first_needed = min((c.frame_indices[0] for c in pending), default=end)
+            for index in [i for i in frames if i < first_needed]:
+                del frames[index]
+
+        for item in self.read_frames(to_read, chunk_frames, keyframes):
+            if isinstance(item, LostFrames):
+                yield from flush()
+                damaged = {clip.clip_id for clip in pending if any(item.first <= i <= item.last for i in clip.frame_indices)}
+                for clip in [c for c in pending if c.clip_id in damaged]:
+                    yield ClipFailure(clip, REASON_DECODE_FAILED, item.message)
+                pending[:] = [clip for clip in pending if clip.clip_id not in damaged]
+                continue
+            chunk.append(item)
+            if len(chunk) == chunk_frames:
+                yield from flush()
+        yield from flush()
+        for clip in pending:  # read_frames accounts for every frame asked for; this is a guard
+            yield ClipFailure(clip, REASON_DECODE_FAILED, f"{self.uri}: the decoder did not return the frames of clip {clip.clip_id}")
 
     @property
     def _can_read(self) -> bool:
@@ -410,17 +462,14 @@ class OpenedVideo:
         return self._pyav is not None or self._decord is not None
 
     def iter_frames(self, chunk_frames: int = 16) -> Iterator[np.ndarray]:
-        """Every frame in display order, (H, W, 3) uint8 RGB at full size, each codec frame decoded
-        once (decord reads ``chunk_frames`` at a time). Raises VideoOpenError (reason "decode
-        failed") when a frame does not decode."""
-        try:
-            for _, frame in self._frames(range(self.num_frames), chunk_frames):
-                yield frame
-        except _ReadFailed as exc:
-            raise VideoOpenError(
-                REASON_DECODE_FAILED,
-                f"{self.uri}: frames {exc.first}-{exc.last} did not decode ({exc.detail}); the file is damaged from about there on",
-            ) from None
+        """Every frame in display order (:attr:`readable_frames` of them), (H, W, 3) uint8 RGB at
+        full size, each codec frame decoded once (decord reads ``chunk_frames`` at a time).
+        Raises VideoOpenError (reason "decode failed", the :class:`LostFrames` message) at the
+        first frame that does not decode; :meth:`read_frames` goes on after the damage instead."""
+        for item in self.read_frames(range(self.readable_frames), chunk_frames):
+            if isinstance(item, LostFrames):
+                raise VideoOpenError(REASON_DECODE_FAILED, item.message)
+            yield item[1]
 
 
 @contextlib.contextmanager

@@ -1,7 +1,8 @@
-"""Probe one video file with decord: frames, rate, size and duration, or why it cannot be used.
+"""Probe one video file with decord and PyAV: frames, rate, size and duration, or why it cannot be used.
 
     info = probe_video("/data/clip.mp4")      # also "file:///data/clip.mp4", "s3://bucket/clip.mp4"
     info.status, info.num_frames, info.fps, info.width, info.height, info.duration_s, info.error
+    info.declared_frames, info.truncated, info.fps_source, info.note
 
 A bad file never raises: it comes back with ``status="error"``, a short ``reason`` (one of the
 ``REASON_*`` constants, for grouping) and an ``error`` message that names the file and says what
@@ -25,10 +26,28 @@ So before decord, the probe compares the file size with what the container's own
 fields declare (:func:`declared_size`: MP4/MOV boxes, AVI RIFF chunks, Matroska/WebM elements): a
 file shorter than that is ``truncated``, whatever decord would make of it (formats without such
 fields, MPEG-TS and FLV, and live Matroska are not checked); no shorter prefix is
-salvaged, since decord cannot be trusted near the cut. Then it decodes the last frame first (which
-catches a count the frames do not back, e.g. a broken last packet) and the first. Damage in the
-middle of a complete file is not detected (that needs a full decode); the clip decoder has to
-treat a decode error as data too.
+salvaged, since decord cannot be trusted near the cut. Damage in the middle of a complete file is
+not detected (that needs a full decode); the clip decoder has to treat a decode error as data too.
+
+Then the frames are counted and checked. Where PyAV indexes the same frames as decord (the
+common case), PyAV decodes the end of the stream (about one GOP,
+:meth:`semidff.video.pyav_reader.PyAVReader.decodable_frames`) and ``num_frames`` is what really
+decodes: a broken last packet, or an AVI whose header declares 444 frames of which 68 are there,
+gives an ``ok`` row of the frames that decode, with ``declared_frames`` (the larger count) and a
+note saying it is truncated; decord would repeat the last good frame for the missing ones.
+decord must decode the first frame too, or the note says that only PyAV can (decord cannot convert
+frames 16 pixels wide or narrower, nor some rotated sizes). Otherwise decord alone decodes the last
+frame (a count the frames do not back is ``damaged stream``) and the first.
+
+The rate comes from the frames' timestamps (``fps_source="timestamps"``: frames over the span),
+unless some frame has none (decord returns FFmpeg's "no timestamp", about -3.7e17 or 9.2e15 s, for
+1 frame in 3 of MPEG-4 Part 2 in AVI with B-frames: taking their minimum gave fps 0) or the video
+is truncated (its container's duration counts missing frames): then it is the stream's declared
+rate (``fps_source="container"``, said in the note). Width and height are as displayed: a 90°
+display matrix swaps them (:mod:`semidff.video.pyav_reader`).
+
+A file that cannot be read says why: missing, ``permission denied``, a read error. A bug in the
+probe itself becomes a row with reason ``probe error`` rather than an exception.
 
 The video id is the first 16 hex digits of the SHA-1 of the normalised URI (:func:`normalize_uri`):
 stable across reruns and machines that see the same paths, cheap for object stores (no read of the
@@ -49,6 +68,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from semidff.rows import STATUS_ERROR, STATUS_OK, ManifestRow  # noqa: F401 - STATUS_ERROR: also imported from here
+from semidff.video.pyav_reader import PyAVReader, PyAVUnusable, display_size, rotation_still_to_apply, stream_facts
 
 REASON_MISSING = "missing file"
 REASON_READ_ERROR = "read error"
@@ -59,6 +79,8 @@ REASON_UNDECODABLE = "undecodable video stream"
 REASON_DAMAGED = "damaged stream"
 REASON_NO_FRAMES = "no decodable frames"
 REASON_TRUNCATED = "truncated"  # shorter than its container's own size fields say
+REASON_NO_PERMISSION = "permission denied"  # the file (or a folder on its path) may not be read by this user
+REASON_PROBE_ERROR = "probe error"  # the probe itself raised: a bug, the message says what
 REASON_CRASHED = "probe crashed"  # set by the pipeline when the probing process dies
 REASON_TIMEOUT = "timeout"  # set by the pipeline when a probe runs past its time limit (a hung decoder)
 
@@ -115,14 +137,14 @@ def is_local(uri: str) -> bool:
 
 
 def probe_video(uri: str, filesystem: Optional[pafs.FileSystem] = None) -> ManifestRow:
-    """Open ``uri`` once with decord and describe it; never raises for a bad file.
+    """Open ``uri`` with decord and PyAV and describe it; never raises.
 
     filesystem: a pyarrow filesystem to read ``uri`` from (its path in that filesystem, or a
     ``scheme://`` URI whose scheme is dropped); ``uri`` is then recorded as given. Default: local
     paths are read directly, other URIs through ``pyarrow.fs.FileSystem.from_uri``.
 
-    It decodes two frames, the last and the first: the last one costs up to one GOP of decoding
-    and is what catches a file that promises frames it does not hold.
+    It decodes the first frame and the end of the stream (up to one GOP): the end is what catches
+    a file that promises frames it does not hold.
     """
     path = uri = uri.strip()
     size: Optional[int] = None
@@ -137,11 +159,35 @@ def probe_video(uri: str, filesystem: Optional[pafs.FileSystem] = None) -> Manif
         else:
             path = uri.partition("://")[2] or uri
         with local_copy(uri, path, filesystem) as (local_path, size):
-            _require_complete(uri, local_path, size)
-            fields = _inspect(uri, local_path)
+            try:
+                _require_complete(uri, local_path, size)
+                fields = _inspect(uri, local_path)
+            except PermissionError as exc:
+                raise _permission_denied(uri, exc) from None
+            except OSError as exc:  # the disk or the network filesystem under it failed while reading
+                raise UnusableVideo(REASON_READ_ERROR, f"{uri}: reading the file failed ({exc.strerror or exc}); check the disk or share and retry with --retry-failed") from None
     except UnusableVideo as bad:
         return VideoInfo.failed(_stable_id(uri), uri, bad.reason, bad.message, size if size is not None else bad.size_bytes)
+    except Exception as exc:  # never raise for a file: a bug here becomes a row that says so
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        message = f"{uri}: the probe failed with {type(exc).__name__}: {detail}; this is a bug in semidff, please report it with the file"
+        return VideoInfo.failed(_stable_id(uri), uri, REASON_PROBE_ERROR, message, size)
     return VideoInfo(video_id=_stable_id(uri), uri=uri, size_bytes=size, **fields)
+
+
+def _can_list(folder: str) -> bool:
+    try:
+        with os.scandir(folder):
+            return True
+    except PermissionError:
+        return False
+
+
+def _permission_denied(uri: str, exc: OSError) -> UnusableVideo:
+    return UnusableVideo(
+        REASON_NO_PERMISSION,
+        f"{uri}: this user may not read the file ({exc.strerror or 'permission denied'}); fix its permissions (e.g. chmod a+r) and rerun with --retry-failed",
+    )
 
 
 def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -161,9 +207,22 @@ def local_copy(uri: str, path: str, filesystem: Optional[pafs.FileSystem]) -> It
             st = os.stat(path)
         except OSError as exc:
             raise UnusableVideo(REASON_MISSING, f"{uri}: cannot read the file ({exc.strerror}); check the path and permissions") from None
+        if stat.S_ISDIR(st.st_mode) and not _can_list(path):  # the manifest's listing keeps such a folder as a row
+            raise UnusableVideo(
+                REASON_NO_PERMISSION,
+                f"{uri}: a folder this user may not list, so its videos are not in the manifest; fix its permissions "
+                "(e.g. chmod a+rx) and rerun the same command: the rest is kept",
+            )
         if not stat.S_ISREG(st.st_mode):
             raise UnusableVideo(REASON_MISSING, f"{uri}: not a regular file; list video files, not directories or devices")
         _require_bytes(uri, st.st_size)
+        try:
+            with open(path, "rb"):
+                pass
+        except PermissionError as exc:
+            raise _permission_denied(uri, exc) from None
+        except OSError as exc:
+            raise UnusableVideo(REASON_READ_ERROR, f"{uri}: cannot open the file ({exc.strerror or exc}); check the disk or share and retry with --retry-failed") from None
         yield path, st.st_size
         return
     try:
@@ -270,7 +329,7 @@ def _ebml_element_size(header: bytes, remaining: int) -> Optional[int]:
 
 
 def _inspect(uri: str, local_path: str) -> dict:
-    """decord's view of a readable file: the VideoInfo fields after video_id, uri and size."""
+    """decord's and PyAV's view of a readable file: the VideoInfo fields after video_id, uri and size."""
     import decord  # imported here so that importing this module stays cheap
 
     try:
@@ -279,11 +338,79 @@ def _inspect(uri: str, local_path: str) -> dict:
         raise UnusableVideo(REASON_NO_FRAMES, f"{uri}: the video stream has 0 frames; the file holds no usable video") from None
     except Exception as exc:
         raise open_failure(uri, exc) from None
-    num_frames = len(reader)
+    listed = len(reader)
+    facts = stream_facts(local_path)
+    try:
+        pyav = PyAVReader(uri, local_path)
+    except PyAVUnusable:
+        pyav = None
+    notes: list[str] = []
+    if pyav is not None and pyav.num_frames == listed:  # the same frames, numbered the same: count with PyAV
+        usable, (width, height) = _pyav_frames(uri, pyav, facts)
+        decord_failure = _decord_failure(reader, local_path)
+        if decord_failure:
+            notes.append(
+                f"decord cannot decode its frames ({decord_failure}) but PyAV can: clips.decoder=auto or pyav reads it, "
+                "clips.decoder=decord does not"
+            )
+    else:  # PyAV cannot index it, or counts otherwise: decord's frames are the reference
+        usable, (width, height) = listed, _decord_frames(uri, reader, listed, facts)
+    declared = max(n for n in (listed, facts.declared_frames if facts else None) if n)  # the index's count, or the header's
+    truncated = usable < declared
+    if truncated:
+        notes.append(
+            f"truncated: the container declares {declared} frames but only the first {usable} decode; "
+            f"the row counts those {usable} (the rest is damaged or missing, fetch the file again for all of it)"
+        )
+    fps, duration_s, variable, fps_source, why = _timing(reader, usable, facts, pyav, truncated)
+    if fps_source == FPS_FROM_CONTAINER:
+        notes.append(f"frame rate {fps:g} fps is the stream's declared rate: {why}")
+    return dict(
+        num_frames=int(usable), fps=fps, width=int(width), height=int(height), duration_s=duration_s,
+        variable_frame_rate=variable, status=STATUS_OK, declared_frames=int(declared), fps_source=fps_source,
+        note="; ".join(notes),
+    )
+
+
+def _pyav_frames(uri: str, pyav: PyAVReader, facts) -> tuple[int, tuple[int, int]]:
+    """(frames that decode from frame 0, (width, height) as displayed), by PyAV: the end of the
+    stream is decoded (about one GOP) and the count stops where the decoder stops returning frames."""
+    try:
+        (_, first), = pyav.frames([0])
+    except (PyAVUnusable, ValueError) as exc:
+        raise UnusableVideo(REASON_NO_FRAMES, f"{uri}: the first frame does not decode ({exc}); the file is damaged, fetch it again") from None
+    usable = max(1, pyav.decodable_frames())  # frame 0 decodes, so at least 1 (the count reaches it at the latest)
+    height, width = first.shape[:2]
+    return usable, display_size(width, height, facts.rotation if facts else 0)
+
+
+def _decord_failure(reader, local_path: str) -> str:
+    """"" when decord decodes the first frame, else its error. Tried twice, the second time on a
+    fresh reader: decord's decoder thread works ahead and may report a later packet's damage from
+    this read (the clip decoder retries the same way)."""
+    import decord
+
+    try:
+        reader.get_batch([0])
+        return ""
+    except Exception:
+        pass
+    try:
+        decord.VideoReader(local_path, ctx=decord.cpu(0), num_threads=1).get_batch([0])
+    except Exception as exc:
+        detail = decord_detail(exc)
+        # A packet the decoder refused is damage somewhere in the file (decord's thread reads
+        # ahead), not decord failing on frames PyAV decodes: the clips there will say so.
+        return "" if "avcodec_send_packet" in detail else detail
+    return ""
+
+
+def _decord_frames(uri: str, reader, num_frames: int, facts) -> tuple[int, int]:
+    """(width, height) as displayed, from decord decoding the last frame, then the first."""
     # The last frame first: on a file cut inside its last packets it always fails, while decord's
     # decoder thread may report that packet's error from any earlier read, frame 0 included.
     try:
-        height, width = reader.get_batch([num_frames - 1]).shape[1:3]
+        shape = reader.get_batch([num_frames - 1]).shape
     except Exception as exc:
         raise UnusableVideo(
             REASON_DAMAGED,
@@ -297,32 +424,60 @@ def _inspect(uri: str, local_path: str) -> dict:
             raise UnusableVideo(
                 REASON_NO_FRAMES, f"{uri}: the first frame does not decode ({decord_detail(exc)}); the file is damaged, fetch it again"
             ) from None
-    fps, duration_s, variable = _timing(reader, num_frames)
-    return dict(
-        num_frames=int(num_frames), fps=fps, width=int(width), height=int(height), duration_s=duration_s,
-        variable_frame_rate=variable, status=STATUS_OK,
-    )
+    height, width = int(shape[1]), int(shape[2])
+    if facts is None:
+        return width, height
+    left = rotation_still_to_apply(facts.rotation, facts.container, (height, width), (facts.coded_width, facts.coded_height))
+    return display_size(width, height, left)
 
 
-def _timing(reader, num_frames: int) -> tuple[Optional[float], Optional[float], Optional[bool]]:
-    """(fps, duration_s, variable_frame_rate) from the container's frame timestamps (no decoding)."""
-    try:
-        stamps = np.asarray(reader.get_frame_timestamp(list(range(num_frames))), dtype=np.float64)  # (n, 2) start, end in s
-        starts = np.sort(stamps[:, 0])
-        duration = float(stamps[:, 1].max() - starts[0])
-    except Exception:
-        stamps, duration = None, float("nan")
-    if not (np.isfinite(duration) and duration > 0):  # no usable timestamps: trust the stream's nominal rate
+FPS_FROM_TIMESTAMPS = "timestamps"  # the frames' own timestamps: frames / (end of the last - start of the first)
+FPS_FROM_CONTAINER = "container"  # the stream's declared rate: the timestamps are missing or cannot be trusted
+NO_TIMESTAMP_S = 1e9  # decord reports FFmpeg's "no timestamp" as about -3.7e17 s or 9.2e15 s; no real time is this far from 0
+
+
+def _timing(reader, num_frames: int, facts, pyav, truncated: bool) -> tuple[Optional[float], Optional[float], Optional[bool], str, str]:
+    """(fps, duration_s, variable_frame_rate, fps_source, why the declared rate was taken) of the
+    first ``num_frames`` frames.
+
+    From the frames' timestamps (decord's, no decoding) when every one of them has one; else (MPEG-4
+    Part 2 in AVI with B-frames: decord gives FFmpeg's "no timestamp" for some) and for a truncated
+    video (its container's duration counts frames that are not there) from the stream's declared
+    rate, with the duration of ``num_frames`` frames at that rate and the frame-rate flag from the
+    packets' timestamps (PyAV's, where it can index the file)."""
+    why = "the video is truncated, its container's duration counts frames that are not there" if truncated else ""
+    if not truncated:
+        try:
+            stamps = np.asarray(reader.get_frame_timestamp(list(range(num_frames))), dtype=np.float64)  # (n, 2) start, end in s
+        except Exception:
+            stamps = np.zeros((0, 2))
+        valid = np.isfinite(stamps).all(axis=1) & (np.abs(stamps) < NO_TIMESTAMP_S).all(axis=1)
+        if len(stamps) and valid.all():
+            starts = np.sort(stamps[:, 0])
+            duration = float(stamps[:, 1].max() - starts[0])
+            if np.isfinite(duration) and duration > 0:
+                return round(num_frames / duration, 3), round(duration, 3), _uneven(starts), FPS_FROM_TIMESTAMPS, ""
+            why = "the frames' timestamps span no time"
+        else:
+            why = f"{int((~valid).sum())} of {num_frames} frames have no timestamp" if len(stamps) else "decord gives no timestamps"
+    rate = facts.declared_rate if facts is not None and facts.declared_rate else None
+    if rate is None:
         nominal = float(reader.get_avg_fps())
-        if not (np.isfinite(nominal) and nominal > 0):
-            return None, None, None
-        return round(nominal, 3), round(num_frames / nominal, 3), None
-    variable = False
-    if num_frames >= 3:
-        steps = np.diff(starts)
-        # 2 ms absorbs the rounding of 29.97 fps into a 1/1000 s time base (33/34 ms steps)
-        variable = bool(steps.max() - steps.min() > max(0.002, 0.1 * float(np.median(steps))))
-    return round(num_frames / duration, 3), round(duration, 3), variable
+        rate = nominal if np.isfinite(nominal) and nominal > 0 else None
+    if rate is None:
+        return None, None, None, "", why
+    times = pyav.presentation_times() if pyav is not None else None
+    variable = _uneven(times[:num_frames]) if times is not None and len(times) >= num_frames else None
+    return round(rate, 3), round(num_frames / rate, 3), variable, FPS_FROM_CONTAINER, why
+
+
+def _uneven(starts: np.ndarray) -> bool:
+    """Frame intervals differ by more than 10 % (sorted start times)."""
+    if len(starts) < 3:
+        return False
+    steps = np.diff(starts)
+    # 2 ms absorbs the rounding of 29.97 fps into a 1/1000 s time base (33/34 ms steps)
+    return bool(steps.max() - steps.min() > max(0.002, 0.1 * float(np.median(steps))))
 
 
 def decord_detail(exc: BaseException) -> str:

@@ -1,5 +1,7 @@
 """Evaluation outputs (semidff/evaluation/report.py): COCO-style prediction files with exact values,
-a perfect detector scoring 100 % through the file round trip, tables, metric names and the plot."""
+a perfect detector scoring 100 % through the file round trip, tables, recovery of the copy → frame
+gap (and of the oracle's), metric names and the plot."""
+import dataclasses
 import json
 import math
 
@@ -12,10 +14,12 @@ from semidff.evaluation.report import (
     EvaluationReport,
     format_per_class_table,
     format_report,
+    format_recovery_table,
     format_summary_table,
     metrics_for,
     plot_map_and_fps,
     read_coco_predictions,
+    recoveries,
     write_coco_predictions,
     write_outputs,
 )
@@ -137,3 +141,39 @@ def test_report_finds_a_result_by_mode_and_interval(tmp_path):
     assert report.result("frame", 10) is results[0] and report.result("copy", 5) is results[1]
     with pytest.raises(KeyError, match="have frame/dt1, copy/dt5"):
         report.result("flow", 5)
+
+
+def _with_map(result: ModeResult, value: float) -> ModeResult:
+    return dataclasses.replace(result, result=dataclasses.replace(result.result, map=value))
+
+
+def test_recovery_of_the_copy_to_frame_gap_and_of_the_oracle_on_hand_made_results(tmp_path):
+    dataset = _dataset()
+    base = _mode_result("frame", 1, _oracle(dataset), dataset)
+    runs = [_with_map(base, 0.80)]
+    for mode, key_interval, value in [("copy", 5, 0.70), ("copy", 10, 0.60), ("oracle", 10, 0.76), ("oracle", 20, 0.5),
+                                      ("flow", 5, 0.75), ("flow", 10, 0.70)]:
+        runs.append(_with_map(dataclasses.replace(base, run=RunSpec(mode, key_interval)), value))
+    rows = {(r.mode, r.key_interval): r for r in recoveries(runs)}
+    assert set(rows) == {("oracle", 10), ("flow", 5), ("flow", 10)}  # ΔT 20 has no copy run
+    assert rows["oracle", 10].gap == pytest.approx(0.16 / 0.20) and rows["oracle", 10].of_oracle == pytest.approx(1.0)
+    assert rows["flow", 10].gap == pytest.approx(0.10 / 0.20) and rows["flow", 10].of_oracle == pytest.approx(0.10 / 0.16)
+    assert rows["flow", 5].gap == pytest.approx(0.5) and math.isnan(rows["flow", 5].of_oracle)  # no oracle at ΔT 5
+    table = format_recovery_table(runs).splitlines()
+    assert table[0] == "| mode | ΔT | mAP | copy | frame | oracle | recovery of the copy → frame gap | share of oracle's recovery |"
+    assert table[2:] == ["| oracle | 10 | 76.0 | 60.0 | 80.0 | 76.0 | 80.0 | 100.0 |",
+                         "| flow | 5 | 75.0 | 70.0 | 80.0 | – | 50.0 | – |",
+                         "| flow | 10 | 70.0 | 60.0 | 80.0 | 76.0 | 50.0 | 62.5 |"]
+    assert "## Recovery" in format_report(runs) and "## Recovery" not in format_report(runs[:2] + runs[3:4])
+    metrics = metrics_for(runs)
+    assert metrics["recovery/flow/dt10"] == pytest.approx(0.5) and metrics["recovery_of_oracle/flow/dt10"] == pytest.approx(0.625)
+    assert "recovery_of_oracle/flow/dt5" not in metrics
+    # frame = copy (ΔT 1, nothing to recover): undefined, shown as "–", not logged
+    same = [runs[0], _with_map(dataclasses.replace(base, run=RunSpec("copy", 1)), 0.80),
+            _with_map(dataclasses.replace(base, run=RunSpec("flow", 1)), 0.80)]
+    assert math.isnan(recoveries(same)[0].gap) and "recovery/flow/dt1" not in metrics_for(same)
+    files = write_outputs(runs, tmp_path, [1, 2])
+    recorded = json.loads(files["results"].read_text())["recovery"]
+    assert recorded[2] == {"mode": "flow", "key_interval": 10, "map": 0.7, "frame_map": 0.8, "copy_map": 0.6,
+                           "oracle_map": 0.76, "recovery": pytest.approx(0.5), "recovery_of_oracle": pytest.approx(0.625)}
+    assert recorded[1]["recovery_of_oracle"] is None

@@ -52,6 +52,8 @@ def test_cli_refuses_flow_mode_without_a_flow_checkpoint(tmp_path, checkpoints):
     result = CliRunner().invoke(app, ["detect", str(video), "--teacher", str(teacher), "--out", str(tmp_path / "o.mp4"), "--mode", "flow"])
     assert result.exit_code == 2
     assert "mode=flow needs --flow" in result.output
+    oracle = CliRunner().invoke(app, ["detect", str(video), "--teacher", str(teacher), "--out", str(tmp_path / "o.mp4"), "--mode", "oracle"])
+    assert oracle.exit_code == 2 and "runs only in `semidff evaluate`" in oracle.output  # it needs a generated video's true motion
 
 
 def test_cli_frame_mode_and_a_wrong_checkpoint_kind(tmp_path, checkpoints):
@@ -71,3 +73,74 @@ def test_cli_refuses_an_output_name_h264_cannot_go_in_before_running_the_detecto
     assert result.exit_code == 2
     assert "o.webm: the annotated video is H.264, which needs a .mp4, .mkv, .avi, .mov file name" in result.output
     assert not list(tmp_path.glob("*o.webm*"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Real-world files: damage, missing timestamps, frames that do not decode, rotation
+
+
+def _predictions(summary) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in summary.predictions.read_text().splitlines()]
+
+
+def test_a_damaged_middle_loses_only_its_frames_marked_in_the_video_and_the_predictions(tmp_path, checkpoints):
+    """Frames 25-26 overwritten (keyframes every 10): 25-29 are lost, decoding goes on at 30; the
+    output keeps all 50 frames, the lost ones grey, and reports the range as the cache stage does."""
+    from tests.video_fixtures import damage_packets
+    from semidff.inference import LOST_COLOR
+
+    teacher, flow = checkpoints
+    source = write_video(tmp_path / "clean.mp4", 50, 64, 48, gop=10)
+    video = damage_packets(source, [25, 26], tmp_path / "damaged.mp4")
+    summary = run(str(video), str(teacher), str(tmp_path / "out.mp4"), str(flow), key_interval=4, device="cpu")
+    assert (summary.frames, summary.lost_frames) == (50, 5)
+    (message,) = summary.damage
+    assert message.startswith(f"{video}: frames 25-29 did not decode (")
+    assert message.endswith("the file is damaged there (decoding went on from the codec keyframe at frame 30), fetch it again")
+    assert "frames 25-29 did not decode" in summary.format()
+    records = _predictions(summary)
+    assert [r["frame"] for r in records] == list(range(50))
+    assert [r["frame"] for r in records if r["kind"] == "lost"] == [25, 26, 27, 28, 29]
+    assert all(r["detections"] == [] for r in records if r["kind"] == "lost")
+    keys = [r["frame"] for r in records if r["kind"] == "key"]
+    assert keys == [0, 4, 8, 12, 16, 20, 24, 30, 34, 38, 42, 46]  # a fresh key frame after the damage
+    assert records[1]["time_s"] == 0.04
+    with open_video(str(summary.output)) as opened:
+        frames = list(opened.iter_frames())
+    assert len(frames) == 50
+    for index in (25, 29):
+        assert np.abs(frames[index][24, 32].astype(int) - np.array(LOST_COLOR)).max() < 12  # grey placeholder
+    assert np.abs(_border_color(frames[30]) - np.array(KEY_COLOR)).max() < 40
+
+
+def test_mpeg4_avi_without_timestamps_is_written_at_its_declared_rate(tmp_path, checkpoints):
+    import av
+
+    teacher, _ = checkpoints
+    video = write_video(tmp_path / "divx.avi", 45, 64, 48, codec="mpeg4", gop=12, bframes=True, fps=15)
+    summary = run(str(video), str(teacher), str(tmp_path / "out.mp4"), device="cpu")
+    assert (summary.frames, summary.fps, summary.lost_frames) == (45, 15.0, 0)
+    with av.open(str(summary.output)) as container:
+        stream = container.streams.video[0]
+        assert (stream.frames, float(stream.average_rate)) == (45, 15.0)
+        assert float(stream.duration * stream.time_base) == pytest.approx(3.0)  # the source's 3 s, not 45 / 25
+
+
+def test_a_last_frame_that_does_not_decode_is_not_written(tmp_path, checkpoints):
+    from tests.video_fixtures import break_last_packet
+
+    teacher, _ = checkpoints
+    video = break_last_packet(write_video(tmp_path / "a.mp4", 12, 64, 48, faststart=True), tmp_path / "broken.mp4")
+    summary = run(str(video), str(teacher), str(tmp_path / "out.mp4"), device="cpu")  # decord would repeat frame 10 for it
+    assert (summary.frames, summary.lost_frames) == (11, 0)
+    assert len(_predictions(summary)) == 11
+
+
+def test_a_rotated_video_is_detected_as_shown(tmp_path, checkpoints):
+    teacher, _ = checkpoints
+    video = write_video(tmp_path / "phone.mp4", 3, 320, 240, rotation=90)
+    summary = run(str(video), str(teacher), str(tmp_path / "out.mp4"), device="cpu")
+    with open_video(str(summary.output)) as opened:
+        assert next(opened.iter_frames()).shape == (320, 240, 3)

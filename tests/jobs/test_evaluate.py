@@ -16,6 +16,7 @@ from jobs.evaluate import run
 from semidff.checkpoint import ModelCheckpointError, file_sha256, save_model_checkpoint
 from semidff.config import ConfigError, load_config
 from semidff.data.synthetic import generate_synthetic_dataset
+from semidff.data.synthetic_motion import generate_motion_dataset
 from semidff.evaluation.run import EvaluationError
 from semidff.models.build import build_propagator, build_rfcn
 from semidff.data.labeled import LabeledDataError
@@ -139,11 +140,25 @@ def test_cli_prints_the_table_and_exits_2_on_bad_input(inputs, tmp_path):
         (["--teacher", str(teacher), "--modes", "flow"], "needs a flow checkpoint"),
         (["--teacher", str(teacher), "--key-intervals", "1,x"], "--key-intervals='1,x': expected a comma-separated list"),
         (["--teacher", str(teacher), "--modes", "frame", "evaluation.data.path=/no/such/data.json"], "evaluation.data.path=/no/such/data.json: no such file"),
+        (["--teacher", str(teacher), "--modes", "frame,oracle"], "leave oracle out"),  # this corpus has no true motion
     ]
     for arguments, message in cases:
         result = CliRunner().invoke(app, ["evaluate", "-o", str(tmp_path / "bad"), *common, *arguments])
         assert result.exit_code == 2, (arguments, result.output)
         assert message in result.output, (arguments, result.output)
+
+
+def test_oracle_mode_on_a_corpus_with_true_motion_reports_its_recovery(inputs, tmp_path):
+    _, _, teacher, _ = inputs
+    generate_motion_dataset(tmp_path / "motion", num_videos=2, num_frames=8, width=128, height=96, num_classes=3)
+    result = CliRunner().invoke(app, ["evaluate", "--teacher", str(teacher), "-o", str(tmp_path / "out"), "-c", TINY,
+                                      f"evaluation.data.path={tmp_path / 'motion' / 'dataset.json'}",
+                                      "--modes", "frame,copy,oracle", "--key-intervals", "4"])
+    assert result.exit_code == 0, result.output
+    assert "| oracle | 4 |" in result.output and "## Recovery" in result.output
+    recovery = json.loads((tmp_path / "out" / "results.json").read_text())["recovery"]
+    assert [(r["mode"], r["key_interval"]) for r in recovery] == [("oracle", 4)]
+    assert load_config(tmp_path / "out" / "config.yaml").evaluation.modes == ["frame", "copy", "oracle"]
 
 
 def test_python_m_entry_point_exits_2_with_the_message(inputs, tmp_path):

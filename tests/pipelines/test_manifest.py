@@ -347,3 +347,26 @@ def test_cli_manifest_without_matching_inputs_exits_2_naming_them(tmp_path):
     assert result.returncode == 2
     assert f"{tmp_path / 'nothing_here'}: no such file" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_subfolder_becomes_a_row_and_the_rest_is_listed(tmp_path, monkeypatch):
+    """The tests may run as root, for whom every folder is readable: the permission error is made
+    where the listing meets it (os.scandir), and the probe, which sees a folder, says why."""
+    from semidff.video.probe import REASON_NO_PERMISSION, probe_video
+
+    root = tmp_path / "videos"
+    (root / "locked").mkdir(parents=True)
+    (root / "open").mkdir()
+    write_video(root / "open" / "a.mp4", num_frames=4, width=32, height=24)
+    (root / "locked" / "hidden.mp4").write_bytes(b"")
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)  # the listing's and the probe's
+    assert list_video_uris([str(root)]) == [str(root / "locked"), str(root / "open" / "a.mp4")]
+    row = probe_video(str(root / "locked"))
+    assert row.status == "error" and row.reason == REASON_NO_PERMISSION and "may not list" in row.error
