@@ -168,14 +168,35 @@ def _output_or_out(ctx: typer.Context, value: Optional[Path]) -> Optional[Path]:
     return value
 
 
+def resolve_checkpoints(teacher: Optional[str], flow: Optional[str]) -> tuple[str, Optional[str]]:
+    """(teacher.pt, flow.pt) from the options: files as given, or the two files of an MLflow model
+    (``models:/...``, ``runs:/...``; ``mlflow.tracking_uri`` or $MLFLOW_TRACKING_URI says which store)."""
+    if flow and flow.startswith(("models:/", "runs:/")):
+        from semidff.mlflow_model import detector_files
+
+        model_teacher, model_flow = detector_files(flow)
+        if teacher:
+            raise ValueError(f"--flow {flow} brings its own teacher; leave out --teacher")
+        return str(model_teacher), str(model_flow) if model_flow else None
+    if not teacher:
+        raise ValueError("--teacher TEACHER.pt is needed (only a registered model, --flow models:/..., brings its own)")
+    return teacher, flow
+
+
 def detect_command(
     video: str = typer.Argument(..., help="a video file (any container decord reads: mp4, mkv, webm, avi, ...)"),
-    teacher: Path = typer.Option(..., "--teacher", help="teacher checkpoint (semidff train-teacher writes teacher.pt)"),
+    teacher: Optional[Path] = typer.Option(
+        None, "--teacher", help="teacher checkpoint (semidff train-teacher writes teacher.pt); not needed with --flow models:/...",
+    ),
     output: Optional[Path] = typer.Option(
         None, "--output", "-o", callback=_output_or_out, show_default=False,
         help="annotated video to write (.mp4, .mkv, .avi or .mov; encoded as H.264); required",
     ),
-    flow: Optional[Path] = typer.Option(None, "--flow", help="flow checkpoint (semidff train writes flow.pt); needed for mode flow"),
+    flow: Optional[str] = typer.Option(
+        None, "--flow",
+        help="flow checkpoint (semidff train writes flow.pt), or a registered model (models:/semidff-flow/3, models:/semidff-flow@two-step, "
+        "runs:/RUN/detector_model: its teacher comes with it); needed for mode flow",
+    ),
     mode: Optional[str] = typer.Option(None, "--mode", help="frame | copy | flow (default: flow with --flow, else frame)"),
     key_interval: int = typer.Option(10, "--key-interval", min=1, help="ΔT: the teacher runs on every ΔT-th frame"),
     score_threshold: float = typer.Option(0.5, "--score-threshold", min=0.0, max=1.0, help="draw detections scoring at least this"),
@@ -193,9 +214,10 @@ def detect_command(
     from semidff.config import ConfigError
     from semidff.video.decode import VideoOpenError
 
-    with exit_on(ModelCheckpointError, ConfigError, VideoOpenError, ValueError, RuntimeError):
+    with exit_on(ModelCheckpointError, ConfigError, VideoOpenError, ValueError, RuntimeError, FileNotFoundError):
+        teacher_path, flow_path = resolve_checkpoints(str(teacher) if teacher else None, flow)
         summary = run(
-            video, str(teacher), str(output or out), str(flow) if flow else None, mode, key_interval, score_threshold, device,
+            video, teacher_path, str(output or out), flow_path, mode, key_interval, score_threshold, device,
             progress=echo_progress, predictions=str(predictions) if predictions else None, decoder=decoder,
         )
     typer.echo(summary.format())

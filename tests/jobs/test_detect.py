@@ -144,3 +144,29 @@ def test_a_rotated_video_is_detected_as_shown(tmp_path, checkpoints):
     summary = run(str(video), str(teacher), str(tmp_path / "out.mp4"), device="cpu")
     with open_video(str(summary.output)) as opened:
         assert next(opened.iter_frames()).shape == (320, 240, 3)
+
+
+def test_a_registered_model_is_detected_with_and_brings_its_teacher(tmp_path, checkpoints, monkeypatch):
+    import mlflow
+
+    from semidff.mlflow_model import log_detector_model
+    from semidff.tracking import register_model_version, use_experiment
+
+    teacher, flow = checkpoints
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    use_experiment("detect", uri)
+    with mlflow.start_run() as active:
+        info = log_detector_model(teacher, flow)
+        register_model_version("semidff-flow", info.model_uri, active.info.run_id, {"semidff.flow.sha256": "x"}, "semidff.flow.sha256",
+                               "test", aliases=("two-step",))
+    video = write_video(tmp_path / "in.mp4", num_frames=4, width=64, height=48)
+    result = CliRunner().invoke(app, ["detect", str(video), "--flow", "models:/semidff-flow@two-step", "-o", str(tmp_path / "o.mp4"),
+                                      "--key-interval", "2"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o.mp4").is_file() and "flow" in result.output
+    both = CliRunner().invoke(app, ["detect", str(video), "--flow", "models:/semidff-flow/1", "--teacher", str(teacher), "-o", str(tmp_path / "p.mp4")])
+    assert both.exit_code == 2 and "brings its own teacher" in both.output
+    neither = CliRunner().invoke(app, ["detect", str(video), "-o", str(tmp_path / "q.mp4")])
+    assert neither.exit_code == 2 and "--teacher TEACHER.pt is needed" in neither.output
